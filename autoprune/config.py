@@ -1,0 +1,116 @@
+"""The study configuration: one YAML file, validated up front, saved in the study directory."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from .errors import ConfigError
+from .training import FinetuneRecipe
+from .yamlio import load_model
+
+OBJECTIVES = {"accuracy": "maximize", "latency_ms": "minimize", "params": "minimize", "macs": "minimize"}
+
+
+class Budget(BaseModel):
+    """When the search stops: after ``trials`` trials in all, or ``timeout_s`` seconds of this run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    trials: Optional[int] = Field(40, ge=1, description="total trials, counting those of earlier runs")
+    timeout_s: Optional[float] = Field(None, gt=0, description="wall-clock limit of one run")
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> "Budget":
+        if self.trials is None and self.timeout_s is None:
+            raise ValueError("set `trials`, `timeout_s` or both")
+        return self
+
+
+class ExportOptions(BaseModel):
+    """The longer fine-tune an exported model gets."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    finetune: FinetuneRecipe = FinetuneRecipe(epochs=5, lr=0.01)
+
+
+class Config(BaseModel):
+    """A study: what to prune, where it must run fast, and how to search."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field("study", description="the study's name (also the Optuna study name)")
+    task: str = Field("digits", description="a built-in task name or module:function")
+    task_options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the task function")
+    search_space: str = Field("search_spaces/cnn_channel.yaml", description="search-space YAML file")
+    devices: list[str] = Field(default_factory=lambda: ["onnxruntime-cpu"], min_length=1, description="profiles under device_profiles/")
+    latency: Literal["auto", "lut", "measured"] = Field("auto", description="lookup table when the device has one, else measure")
+    objectives: list[str] = Field(default_factory=lambda: ["accuracy", "latency_ms"], min_length=2)
+    controller: str = Field("nsga2", description="a registered controller")
+    controller_options: dict[str, Any] = Field(default_factory=dict)
+    budget: Budget = Budget()
+    finetune: FinetuneRecipe = FinetuneRecipe()
+    export: ExportOptions = ExportOptions()
+    study_dir: str = Field("runs/study", description="where the study's records, database and exports live")
+    seed: int = 0
+    _base: Optional[Path] = PrivateAttr(None)
+
+    @property
+    def base(self) -> Optional[Path]:
+        """The folder of the file this config was read from, for relative paths."""
+        return self._base
+
+    @field_validator("objectives")
+    @classmethod
+    def _known_objectives(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name not in OBJECTIVES:
+                raise ValueError(f"unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
+        if "accuracy" not in value:
+            raise ValueError("objectives must include 'accuracy'")
+        return value
+
+    @field_validator("controller")
+    @classmethod
+    def _known_controller(cls, value: str) -> str:
+        from .controllers import CONTROLLERS
+
+        if value not in CONTROLLERS:
+            raise ValueError(f"unknown controller {value!r}; known: {', '.join(CONTROLLERS.names())}")
+        return value
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def search_space_path(self) -> Path:
+        """The search-space file: as given, else beside the config, else shipped with autoprune."""
+        return resolve_file(self.search_space, self.base, "search_spaces")
+
+
+def resolve_file(name: str, base: Optional[Path], shipped: str) -> Path:
+    """Find a file given relative to the working directory, the config's folder, or autoprune's own folder."""
+    candidates = [Path(name)]
+    if base is not None:
+        candidates.append(base / name)
+    root = Path(__file__).resolve().parent.parent
+    candidates += [root / name, root / shipped / Path(name).name]
+    for path in candidates:
+        if path.is_file():
+            return path
+    return Path(name)
+
+
+def load_config(path: str | Path, **overrides: Any) -> Config:
+    """Read and validate a study config; ``overrides`` replace top-level keys (CLI flags)."""
+    path = Path(path)
+    config = load_model(Config, path)
+    if overrides:
+        try:
+            config = Config.model_validate({**config.model_dump(), **overrides})
+        except Exception as err:
+            raise ConfigError(f"{path}: bad override {overrides}: {err}") from err
+    config._base = path.resolve().parent
+    return config

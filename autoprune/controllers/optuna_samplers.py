@@ -1,0 +1,157 @@
+"""Optuna samplers as controllers: NSGA-II (the default) and multi-objective TPE.
+
+The Optuna study lives in the study directory (SQLite by default, any Optuna storage URL
+otherwise), so ``optuna-dashboard`` opens it. The study's trial records stay the source of
+truth: on resume, trials a killed run left RUNNING are settled from the records (or
+failed and re-enqueued), and records from other controllers are added as finished trials.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState
+
+from ..objectives import values
+from ..plan import Plan, UnitChoice
+from ..search_space import UnitSpace
+from ..trial import COMPLETE, TrialResult
+from .base import CONTROLLERS, Controller, Proposal
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def distributions(space: Mapping[str, UnitSpace]) -> dict[str, BaseDistribution]:
+    """One Optuna distribution per searched dimension: ``UNIT:ratio``, ``UNIT:granularity``, ``UNIT:criterion``."""
+    dists: dict[str, BaseDistribution] = {}
+    for name, us in space.items():
+        r = us.rule.pruning_ratio
+        dists[f"{name}:ratio"] = FloatDistribution(r.low, r.high, step=r.step) if r.high > r.low else CategoricalDistribution([r.low])
+        if len(us.rule.granularities) > 1:
+            dists[f"{name}:granularity"] = CategoricalDistribution(us.rule.granularities)
+        if len(us.rule.criteria) > 1:
+            dists[f"{name}:criterion"] = CategoricalDistribution(us.rule.criteria)
+    return dists
+
+
+def params_to_plan(params: Mapping[str, Any], space: Mapping[str, UnitSpace]) -> Plan:
+    choices = {}
+    for name, us in space.items():
+        choices[name] = UnitChoice(
+            params.get(f"{name}:granularity", us.rule.granularities[0]),
+            float(params[f"{name}:ratio"]),
+            params.get(f"{name}:criterion", us.rule.criteria[0]),
+        )
+    return Plan.from_dict(choices)
+
+
+def plan_to_params(plan: Plan, space: Mapping[str, UnitSpace]) -> dict[str, Any]:
+    dists = distributions(space)
+    params: dict[str, Any] = {}
+    for name, us in space.items():
+        choice = plan[name] if name in dict(plan.choices) else UnitChoice(us.rule.granularities[0], us.rule.pruning_ratio.low)
+        params[f"{name}:ratio"] = choice.pruning_ratio
+        if f"{name}:granularity" in dists:
+            params[f"{name}:granularity"] = choice.granularity
+        if f"{name}:criterion" in dists:
+            params[f"{name}:criterion"] = choice.criterion
+    return params
+
+
+class OptunaController(Controller):
+    """Base of controllers backed by an Optuna sampler and study storage."""
+
+    uses_optuna_storage = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        sampler_options = {k: kwargs.pop(k) for k in list(kwargs) if k in self.sampler_options}
+        super().__init__(*args, **kwargs)
+        storage = self.storage
+        if storage is None and self.study_dir is not None:
+            Path(self.study_dir).mkdir(parents=True, exist_ok=True)
+            storage = f"sqlite:///{Path(self.study_dir).resolve() / 'optuna.db'}"
+        self.study = optuna.create_study(
+            study_name=self.study_name,
+            storage=storage,
+            directions=[o.direction for o in self.objectives],
+            sampler=self.make_sampler(**sampler_options),
+            load_if_exists=True,
+        )
+        self._dists = distributions(self.space)
+        self._pending: dict[int, optuna.Trial] = {}
+
+    sampler_options: tuple[str, ...] = ()
+
+    def make_sampler(self, **options: Any) -> optuna.samplers.BaseSampler:
+        raise NotImplementedError(f"{type(self).__name__} must define make_sampler()")
+
+    def ask(self) -> Proposal:
+        trial = self.study.ask(self._dists)
+        self._pending[trial.number] = trial
+        return Proposal(trial.number, params_to_plan(trial.params, self.space))
+
+    def tell(self, proposal: Proposal, result: TrialResult) -> None:
+        trial = self._pending.pop(proposal.trial_id, proposal.trial_id)
+        if result.state == COMPLETE:
+            self.study.tell(trial, values(result, self.objectives))
+        else:
+            self.study.tell(trial, state=TrialState.FAIL)
+
+    def resume(self, records: Sequence[TrialResult]) -> None:
+        """Settle trials a killed run left RUNNING and import records made by other controllers."""
+        mine = {r.trial_id: r for r in records if _optuna_family(r.controller) and r.trial_id is not None}
+        trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        for number, t in trials.items():
+            if t.state != TrialState.RUNNING:
+                continue
+            record = mine.get(number)
+            if record is not None:
+                self.tell(Proposal(number, Plan.from_dict(record.plan)), record)
+            else:
+                self.study.tell(number, state=TrialState.FAIL)
+                self.study.enqueue_trial(dict(t.params), skip_if_exists=False)
+        for record in records:
+            if record.trial_id in trials and _optuna_family(record.controller):
+                continue
+            plan = Plan.from_dict(record.plan)
+            if record.state == COMPLETE and set(plan.to_dict()) == set(self.space):
+                self.study.add_trial(
+                    optuna.trial.create_trial(
+                        params=plan_to_params(plan, self.space),
+                        distributions=self._dists,
+                        values=values(record, self.objectives),
+                        user_attrs={"record": record.number},
+                    )
+                )
+
+
+def _optuna_family(controller: str | None) -> bool:
+    from .base import CONTROLLERS
+
+    return controller in CONTROLLERS and getattr(CONTROLLERS.get(controller), "uses_optuna_storage", False)
+
+
+@CONTROLLERS.register("nsga2")
+class NSGA2Controller(OptunaController):
+    """Optuna's NSGA-II: non-dominated sorting with crowding distance (Deb et al., 2002)."""
+
+    name = "nsga2"
+    sampler_options = ("population_size", "mutation_prob", "crossover_prob", "swapping_prob")
+
+    def make_sampler(self, **options: Any) -> optuna.samplers.BaseSampler:
+        options.setdefault("population_size", 16)
+        return optuna.samplers.NSGAIISampler(seed=self.seed, **options)
+
+
+@CONTROLLERS.register("tpe")
+class TPEController(OptunaController):
+    """Optuna's multi-objective TPE (MOTPE)."""
+
+    name = "tpe"
+    sampler_options = ("n_startup_trials", "n_ei_candidates", "multivariate")
+
+    def make_sampler(self, **options: Any) -> optuna.samplers.BaseSampler:
+        options.setdefault("n_startup_trials", 10)
+        return optuna.samplers.TPESampler(seed=self.seed, **options)

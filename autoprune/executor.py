@@ -1,0 +1,80 @@
+"""The local executor: ask the controller, run the trial, record it, tell the controller.
+
+Re-running the same study resumes it: earlier records are kept and told to the
+controller, and only the remaining budget is run. A plan evaluated before is not
+evaluated again; its record is reused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Optional
+
+from tqdm.auto import tqdm
+
+from .config import Config
+from .context import build_context, dense_baseline
+from .controllers import CONTROLLERS, Controller
+from .front import device_front
+from .objectives import build_objectives
+from .search_space import UnitSpace
+from .study import Study
+from .trial import COMPLETE, TrialContext, TrialResult, run_trial
+
+
+def make_controller(config: Config, space: dict[str, UnitSpace], study: Study) -> Controller:
+    """The config's controller, bound to the study's storage and objectives."""
+    return CONTROLLERS.get(config.controller)(
+        space,
+        build_objectives(config.objectives, config.devices),
+        seed=config.seed,
+        study_dir=study.path,
+        study_name=config.name,
+        **config.controller_options,
+    )
+
+
+def budget_left(config: Config, done: int, started: float) -> bool:
+    trials, timeout = config.budget.trials, config.budget.timeout_s
+    return (trials is None or done < trials) and (timeout is None or time.monotonic() - started < timeout)
+
+
+def run_study(
+    config: Config,
+    progress: bool = True,
+    context: Optional[TrialContext] = None,
+    on_trial: Optional[Callable[[TrialResult], None]] = None,
+) -> Study:
+    """Run (or resume) the study ``config`` describes, locally, until the budget is spent."""
+    study = Study(config.study_dir)
+    study.initialise(config)
+    ctx = context or build_context(config)
+    if study.baseline() is None:
+        study.save_baseline(dense_baseline(ctx))
+    records = study.records()
+    controller = make_controller(config, ctx.space, study)
+    controller.resume(records)
+    evaluated = {r.plan_key: r for r in records if r.state == COMPLETE}
+    started = time.monotonic()
+    done = len(records)
+    first_device = config.devices[0]
+    with tqdm(total=config.budget.trials, initial=done, desc=config.name, unit="trial", disable=not progress) as bar:
+        while budget_left(config, done, started):
+            proposal = controller.ask()
+            earlier = evaluated.get(proposal.plan.key)
+            if earlier is not None:
+                result = dataclasses.replace(earlier, number=done, cached=True, timings={"total_s": 0.0}, plan=proposal.plan.to_dict())
+            else:
+                result = run_trial(ctx, proposal.plan, done)
+            result.trial_id, result.controller = proposal.trial_id, config.controller
+            study.append(result)
+            controller.tell(proposal, result)
+            records.append(result)
+            if result.state == COMPLETE:
+                evaluated.setdefault(result.plan_key, result)
+            done += 1
+            bar.update(1)
+            bar.set_postfix(front=len(device_front(records, first_device)), failed=sum(r.state != COMPLETE for r in records))
+            if on_trial is not None:
+                on_trial(result)
+    return study

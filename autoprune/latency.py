@@ -1,0 +1,79 @@
+"""Latency objectives per device.
+
+A :class:`LatencyEstimator` maps a pruned model to milliseconds on one device. The
+default measures it for real (export, run, median); a lookup-table predictor plugs in by
+implementing the same method, chosen per device by :func:`estimator_for`.
+"""
+from __future__ import annotations
+
+import copy
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .backends import get_backend
+from .devices import DeviceProfile
+from .errors import BackendUnavailableError
+from .granularity import fold_masks, refresh_masks
+
+
+def batched(example_input: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The example input repeated to the device's batch size."""
+    return example_input.expand(batch_size, *example_input.shape[1:]).contiguous()
+
+
+def deployable(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
+    """A copy of ``model`` in eval mode with masks folded into the weights, ready to export."""
+    refresh_masks(model, example_input)
+    return fold_masks(copy.deepcopy(model)).eval()
+
+
+class LatencyEstimator(ABC):
+    """Latency of a model on one device, in milliseconds."""
+
+    def __init__(self, device: DeviceProfile) -> None:
+        self.device = device
+
+    @abstractmethod
+    def latency_ms(self, model: nn.Module, example_input: torch.Tensor) -> float:
+        """Predicted or measured latency of ``model`` at the device's batch size."""
+
+    @property
+    def method(self) -> str:
+        return type(self).__name__
+
+
+class MeasuredLatency(LatencyEstimator):
+    """Export to the device's format and time it on the device's backend (median)."""
+
+    method = "measured"
+
+    def __init__(self, device: DeviceProfile) -> None:
+        super().__init__(device)
+        self.backend = get_backend(device.backend)
+        ok, why = self.backend.available()
+        if not ok:
+            raise BackendUnavailableError(f"device {device.name!r}: backend {device.backend!r} cannot run here: {why}")
+
+    def latency_ms(self, model: nn.Module, example_input: torch.Tensor) -> float:
+        x = batched(example_input, self.device.batch_size)
+        with tempfile.TemporaryDirectory(prefix="autoprune-") as tmp:
+            path = self.backend.export(deployable(model, example_input), x, Path(tmp) / f"model{self.backend.suffix}")
+            stats = self.backend.measure(path, x.numpy(), self.device.threads, self.device.warmup, self.device.repeats)
+        return stats.median_ms
+
+
+def estimator_for(device: DeviceProfile, method: str = "auto") -> LatencyEstimator:
+    """The estimator a study uses for ``device``: ``measured``, ``lut``, or ``auto`` (the
+    device's lookup table when it has one, else measurement)."""
+    if method in ("lut", "auto"):
+        try:
+            from .lut import LUTEstimator, has_table
+        except ImportError:
+            has_table = None
+        if has_table is not None and (method == "lut" or has_table(device)):
+            return LUTEstimator(device)
+    return MeasuredLatency(device)

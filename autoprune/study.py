@@ -1,0 +1,114 @@
+"""A study directory: the resolved config, the trial records, the Optuna database, the
+dense baseline, exports. Records are appended one JSON line per trial as trials finish
+(``trials.jsonl``, the source of truth) and mirrored to ``trials.csv`` for people."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+import yaml
+
+from .config import Config
+from .errors import AutopruneError, ConfigError
+from .trial import TrialResult
+
+#: Config keys that may change between runs of one study (the rest must match).
+MUTABLE_KEYS = {"budget", "export", "controller", "controller_options", "study_dir", "search_space"}
+SPACE_FILE = "search_space.yaml"
+
+
+class Study:
+    """Files of one study under ``path``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    config_file = property(lambda self: self.path / "config.yaml")
+    records_file = property(lambda self: self.path / "trials.jsonl")
+    csv_file = property(lambda self: self.path / "trials.csv")
+    baseline_file = property(lambda self: self.path / "baseline.json")
+    exports_dir = property(lambda self: self.path / "exports")
+
+    @property
+    def optuna_storage(self) -> str:
+        return f"sqlite:///{self.path.resolve() / 'optuna.db'}"
+
+    def exists(self) -> bool:
+        return self.config_file.is_file()
+
+    def require(self) -> "Study":
+        """Fail clearly when ``path`` holds no study."""
+        if not self.exists():
+            raise AutopruneError(f"{self.path}: not a study directory (no config.yaml); run `autoprune search CONFIG` first")
+        return self
+
+    def config(self) -> Config:
+        from .config import load_config
+
+        return load_config(self.config_file)
+
+    def initialise(self, config: Config) -> None:
+        """Create the directory and save the resolved config and a copy of its search space,
+        or check that they match those of an earlier run of the same study."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        data = config.model_dump(mode="json")
+        space_source = config.search_space_path()
+        if not space_source.is_file():
+            raise ConfigError(f"search_space: file {config.search_space!r} not found (looked beside the config and in search_spaces/)")
+        space_text = space_source.read_text()
+        data["search_space"] = SPACE_FILE
+        if self.exists():
+            old = yaml.safe_load(self.config_file.read_text()) or {}
+            changed = [k for k in data if k not in MUTABLE_KEYS and old.get(k) != data[k]]
+            old_space = self.path / SPACE_FILE
+            if old_space.is_file() and yaml.safe_load(old_space.read_text()) != yaml.safe_load(space_text):
+                changed.insert(0, "search_space")
+            if changed:
+                raise ConfigError(
+                    f"{self.config_file}: this study was run with a different {changed[0]!r}"
+                    f" ({old.get(changed[0])!r}, now {data[changed[0]]!r}); use a new study_dir to start another study"
+                )
+        _atomic_write(self.path / SPACE_FILE, space_text)
+        _atomic_write(self.config_file, yaml.safe_dump(data, sort_keys=False))
+
+    def records(self) -> list[TrialResult]:
+        """All trial records; a line cut short by a killed run is skipped."""
+        if not self.records_file.exists():
+            return []
+        out = []
+        for line in self.records_file.read_text().splitlines():
+            try:
+                out.append(TrialResult.from_dict(json.loads(line)))
+            except (json.JSONDecodeError, TypeError):
+                continue
+        return out
+
+    def append(self, result: TrialResult) -> None:
+        """Add one record durably, then refresh the CSV mirror."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.records_file, "a") as f:
+            f.write(json.dumps(result.to_dict()) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.dataframe().to_csv(self.csv_file.with_suffix(".tmp"), index=False)
+        self.csv_file.with_suffix(".tmp").replace(self.csv_file)
+
+    def dataframe(self) -> pd.DataFrame:
+        """Every trial as one row, latencies in ``latency_ms.DEVICE`` columns."""
+        rows = [r.flat() for r in self.records()]
+        return pd.DataFrame(rows)
+
+    def baseline(self) -> Optional[dict[str, Any]]:
+        return json.loads(self.baseline_file.read_text()) if self.baseline_file.exists() else None
+
+    def save_baseline(self, baseline: dict[str, Any]) -> None:
+        _atomic_write(self.baseline_file, json.dumps(baseline, indent=2))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

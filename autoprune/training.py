@@ -1,0 +1,78 @@
+"""Fine-tuning: the short recipe every trial runs, and the longer one an export runs."""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Literal, Optional
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import AutopruneError
+
+
+class FinetuneRecipe(BaseModel):
+    """How a pruned candidate is fine-tuned before it is scored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: float = Field(1.0, ge=0, description="passes over the training data; fractions allowed")
+    max_steps: Optional[int] = Field(None, ge=0, description="cap on optimiser steps (overrides epochs when lower)")
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["constant", "cosine"] = "cosine"
+
+    def steps(self, n_samples: int) -> int:
+        """Number of optimiser steps this recipe takes on ``n_samples`` training samples."""
+        per_epoch = math.ceil(n_samples / self.batch_size)
+        steps = int(round(self.epochs * per_epoch))
+        return min(steps, self.max_steps) if self.max_steps is not None else steps
+
+
+class DivergedError(AutopruneError, FloatingPointError):
+    """The loss became NaN or infinite during fine-tuning."""
+
+
+def finetune(
+    model: nn.Module,
+    data: Dataset,
+    recipe: FinetuneRecipe,
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+    seed: int = 0,
+    after_step: Optional[Callable[[nn.Module], None]] = None,
+) -> int:
+    """Train ``model`` in place with SGD for ``recipe.steps`` steps; returns steps taken.
+
+    ``after_step`` runs after every optimiser step (granularities use it to re-apply
+    masks that are not parametrised). A NaN or infinite loss raises :class:`DivergedError`.
+    """
+    steps = recipe.steps(len(data))
+    if steps == 0:
+        return 0
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(data, batch_size=recipe.batch_size, shuffle=True, generator=generator, drop_last=len(data) > recipe.batch_size)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay, nesterov=recipe.momentum > 0)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps) if recipe.schedule == "cosine" else None
+    model.train()
+    done = 0
+    while done < steps:
+        for batch in loader:
+            loss = loss_fn(model, batch)
+            if not torch.isfinite(loss):
+                raise DivergedError(f"fine-tuning diverged at step {done}: loss is {loss.item()}")
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            if scheduler is not None:
+                scheduler.step()
+            if after_step is not None:
+                after_step(model)
+            done += 1
+            if done >= steps:
+                break
+    model.eval()
+    return done

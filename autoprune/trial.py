@@ -1,0 +1,114 @@
+"""The one function that does a trial's work, shared by the local executor and Ray.
+
+:class:`TrialContext` holds what every trial needs (dense model, data, units, latency
+estimators, fine-tune recipe) and is built once per process; :func:`run_trial` prunes,
+times, fine-tunes and scores one plan and never raises: failures become records.
+"""
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+import torch
+
+from .apply import apply_plan
+from .latency import LatencyEstimator
+from .metrics import macs, nonzero_params
+from .plan import Plan
+from .search_space import UnitSpace
+from .tasks import Task
+from .training import FinetuneRecipe, finetune
+from .units import Unit
+
+COMPLETE, FAILED = "complete", "failed"
+
+
+@dataclass
+class TrialResult:
+    """One evaluated plan: the record a study keeps, one JSON line per trial."""
+
+    number: int
+    plan: dict[str, Any]
+    plan_key: str
+    state: str = COMPLETE
+    accuracy: Optional[float] = None
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    params: Optional[int] = None
+    macs: Optional[int] = None
+    finetune_steps: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    error: Optional[str] = None
+    trial_id: Optional[int] = None
+    controller: Optional[str] = None
+    cached: bool = False
+    finished_at: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrialResult":
+        return cls(**data)
+
+    def flat(self) -> dict[str, Any]:
+        """One row for a table: latencies and timings spread into columns."""
+        row = {k: v for k, v in self.to_dict().items() if k not in ("latency_ms", "timings", "plan")}
+        row.update({f"latency_ms.{d}": v for d, v in self.latency_ms.items()})
+        row.update({f"time_s.{k}": v for k, v in self.timings.items()})
+        row["mean_ratio"] = Plan.from_dict(self.plan).mean_ratio()
+        return row
+
+
+@dataclass
+class TrialContext:
+    """Everything a trial needs, built once: see :func:`autoprune.study.build_context`."""
+
+    task: Task
+    units: dict[str, Unit]
+    space: dict[str, UnitSpace]
+    estimators: dict[str, LatencyEstimator]
+    recipe: FinetuneRecipe
+    seed: int = 0
+
+    @property
+    def channel_multiples(self) -> dict[str, int]:
+        return {name: us.rule.channel_multiple for name, us in self.space.items()}
+
+
+def prune(ctx: TrialContext, plan: Plan) -> torch.nn.Module:
+    """The dense model pruned by ``plan``."""
+    return apply_plan(ctx.task.model, plan, ctx.units, ctx.task.example_input, ctx.channel_multiples)
+
+
+def run_trial(ctx: TrialContext, plan: Plan, number: int) -> TrialResult:
+    """Prune, time on every device, fine-tune, score. Errors are recorded, not raised."""
+    result = TrialResult(number=number, plan=plan.to_dict(), plan_key=plan.key)
+    timings = result.timings
+    start = time.perf_counter()
+    try:
+        torch.manual_seed(ctx.seed + number)
+        model = prune(ctx, plan)
+        result.params = nonzero_params(model)
+        result.macs = macs(model, ctx.task.example_input)
+        t = time.perf_counter()
+        result.latency_ms = {d: est.latency_ms(model, ctx.task.example_input) for d, est in ctx.estimators.items()}
+        timings["latency_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        result.finetune_steps = finetune(model, ctx.task.train, ctx.recipe, ctx.task.loss, seed=ctx.seed + number)
+        timings["finetune_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        result.accuracy = float(ctx.task.metric(model, ctx.task.val))
+        timings["eval_s"] = time.perf_counter() - t
+        if not math.isfinite(result.accuracy):
+            raise FloatingPointError(f"{ctx.task.metric_name} is {result.accuracy}")
+    except Exception as err:  # a failed trial is a record; the study goes on
+        result.state = FAILED
+        result.error = "".join(traceback.format_exception_only(err)).strip()
+    timings["total_s"] = time.perf_counter() - start
+    timings["other_s"] = max(0.0, timings["total_s"] - sum(timings.get(k, 0.0) for k in ("latency_s", "finetune_s", "eval_s")))
+    result.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return result
