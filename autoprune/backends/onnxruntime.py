@@ -1,6 +1,7 @@
 """ONNX Runtime backends: CPU (the default device) and CUDA."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ def export_onnx(model: torch.nn.Module, example_input: torch.Tensor, path: Path)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is deprecated but fast and complete for CNNs
         torch.onnx.export(
             model,
             (example_input,),

@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "csv":
         print(df.to_csv(index=False), end="")
     elif args.format == "json":
-        print(df.to_json(orient="records", indent=2))
+        print(df.to_json(orient="records", indent=2, double_precision=15))
     else:
         print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}") if len(df) else "(no front member meets the constraints)")
     return 0

@@ -1,0 +1,21 @@
+# Two entry points: `make demo` (the main job on the embedded default) and `make test`.
+# Both create the virtual environment first if it is missing: CPU torch 2.13.0, then autoprune.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test env
+
+env: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[all]'
+	touch $@
+
+demo: env
+	$(BIN)/autoprune search examples/digits_demo.yaml
+
+test: env
+	$(BIN)/python -m pytest -q
