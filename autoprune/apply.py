@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .errors import AutopruneError
+from .criteria import Calibration
 from .granularity import GRANULARITIES, PruneContext
 from .plan import Plan
 from .units import Unit
@@ -20,22 +21,24 @@ def apply_plan(
     example_input: torch.Tensor,
     channel_multiples: Mapping[str, int] | None = None,
     copy_model: bool = True,
+    calibration: Calibration | None = None,
 ) -> nn.Module:
     """Return ``model`` pruned by ``plan`` (a deep copy unless ``copy_model`` is False).
 
     Structural granularities run first (they need an unmasked graph), then sparse ones.
-    A plan naming an unknown unit is an error that lists the units.
+    A plan naming an unknown unit is an error that lists the units. ``calibration``
+    (training batches and loss) feeds gradient-based criteria such as ``taylor``.
     """
     pruned = copy.deepcopy(model) if copy_model else model
     pruned.eval()
-    ctx = PruneContext(pruned, example_input)
+    ctx = PruneContext(pruned, example_input, calibration)
     steps = []
     for name, choice in plan:
         if name not in units:
             raise AutopruneError(f"plan names unit {name!r}, which this model does not have; units: {', '.join(units)}")
         if choice.active:
             steps.append((GRANULARITIES.get(choice.granularity), units[name], choice))
-    steps.sort(key=lambda s: not s[0].structural)
+    steps.sort(key=lambda s: s[0].order)
     for granularity, unit, choice in steps:
         multiple = (channel_multiples or {}).get(unit.name, 1)
         try:

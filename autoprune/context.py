@@ -12,6 +12,7 @@ from .errors import ConfigError
 from .latency import estimator_for
 from .metrics import macs, nonzero_params
 from .search_space import SearchSpace
+from .structure import with_structure_units
 from .tasks import load_task
 from .trial import TrialContext
 from .units import prunable_units
@@ -26,7 +27,7 @@ def build_context(config: Config) -> TrialContext:
     for i, pattern in enumerate(space.protect):
         if pattern not in ("stem", "classifier") and not any(fnmatch.fnmatchcase(n, pattern) for n in layer_names):
             raise ConfigError(f"{space_path}: protect[{i}] {pattern!r} matches no layer of the model")
-    units = prunable_units(task.model, task.example_input, space.protect)
+    units = with_structure_units(task.model, task.example_input, prunable_units(task.model, task.example_input, space.protect), space.protect)
     bound = space.resolve(units)
     estimators = {name: estimator_for(load_device(name), config.latency) for name in config.devices}
     return TrialContext(task, {u.name: u for u in units if u.name in bound}, bound, estimators, config.finetune, config.seed)

@@ -1,17 +1,35 @@
-"""Importance criteria: score each channel of a coupled group; the lowest are removed.
+"""Importance criteria: score channels, heads, blocks or weights; the lowest are removed.
 
 A criterion is registered by name and built as a Torch-Pruning importance object (a
-callable on a group returning one score per channel, aggregated over the group's layers).
+callable on a group returning one score per channel, aggregated over the group's coupled
+layers with ``group_reduction="mean"``). Granularities that score finer or coarser items
+(weights, attention heads, residual blocks) use :func:`weight_scores`, the same criterion
+applied per weight and summed over the item.
+
+- ``l1`` / ``l2``: weight magnitude (Li et al., 2017).
+- ``taylor``: first-order Taylor, ``|weight x gradient|`` with gradients of the task's loss
+  accumulated over a few training batches (Molchanov et al., 2019); needs a
+  :class:`Calibration`.
+- ``bn-scale``: the BatchNorm scale after the channel (network slimming, Liu et al., 2017).
+- ``random``: the control every criterion should beat.
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
+import torch
 import torch_pruning as tp
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
+from .errors import AutopruneError
 from .registry import Registry
 
 CRITERIA: Registry[Callable[[], tp.importance.Importance]] = Registry("criterion")
+
+#: Criteria that read ``.grad``: a plan using them needs calibration data.
+GRADIENT_CRITERIA = frozenset({"taylor"})
 
 
 @CRITERIA.register("l1")
@@ -26,7 +44,82 @@ def l2() -> tp.importance.Importance:
     return tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean")
 
 
+@CRITERIA.register("taylor")
+def taylor() -> tp.importance.Importance:
+    """First-order Taylor expansion of the loss change, ``|w * dL/dw|``, summed per channel."""
+    return tp.importance.GroupTaylorImportance(group_reduction="mean")
+
+
+@CRITERIA.register("bn-scale")
+def bn_scale() -> tp.importance.Importance:
+    """Absolute BatchNorm scale of each channel (network slimming)."""
+    return tp.importance.BNScaleImportance(group_reduction="mean")
+
+
 @CRITERIA.register("random")
 def random() -> tp.importance.Importance:
     """Random scores: the control every criterion should beat."""
     return tp.importance.RandomImportance()
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A few training batches and the task's loss: what gradient-based criteria need.
+
+    ``batches`` batches of ``batch_size`` samples, drawn with ``seed`` so a plan's scores
+    are reproducible. Gradients are taken in eval mode (BatchNorm statistics untouched).
+    """
+
+    data: Dataset
+    loss: Callable[[nn.Module, Any], torch.Tensor]
+    batches: int = 4
+    batch_size: int = 32
+    seed: int = 0
+
+    def loader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.data, batch_size=self.batch_size, shuffle=True, generator=generator)
+
+    def accumulate_gradients(self, model: nn.Module) -> None:
+        """Set ``.grad`` of every parameter to the loss gradient summed over the batches."""
+        was_training = model.training
+        model.eval()
+        model.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            for i, batch in enumerate(self.loader()):
+                if i >= self.batches:
+                    break
+                self.loss(model, batch).backward()
+        model.train(was_training)
+
+    def inputs(self) -> torch.Tensor:
+        """One batch of model inputs (the first element of a batch)."""
+        batch = next(iter(self.loader()))
+        return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def weight_scores(ctx: Any, layer: nn.Module, criterion: str, param: str = "weight") -> torch.Tensor:
+    """One score per element of ``layer.<param>`` (masks applied); summed over items by callers.
+
+    Weights already zeroed by a mask score lowest, so re-applying a plan keeps them pruned.
+    """
+    weight = getattr(layer, param).detach()
+    if criterion == "l1":
+        return weight.abs()
+    if criterion == "l2":
+        return weight.pow(2)
+    if criterion == "random":
+        scores = torch.rand(weight.shape)
+        scores[weight == 0] = -1.0
+        return scores
+    if criterion == "taylor":
+        ctx.ensure_gradients(criterion)
+        orig = getattr(layer, param + "_orig", None)
+        grad = (orig if orig is not None else getattr(layer, param)).grad
+        if grad is None:
+            raise AutopruneError(f"criterion 'taylor': layer {type(layer).__name__} got no gradient from the calibration loss")
+        return (weight * grad.detach()).abs()
+    if criterion in CRITERIA:
+        raise AutopruneError(f"criterion {criterion!r} scores channels only; for weights, heads and blocks use l1, l2, taylor or random")
+    CRITERIA.get(criterion)
+    raise AssertionError("unreachable")

@@ -1,35 +1,57 @@
 """Pruning granularities: how a unit's chosen ratio turns into removed or zeroed weights.
 
-Each granularity is registered by name. A *structural* one physically removes channels
-through the dependency graph, so it runs before the sparse ones, which mask weights of the
+Each granularity is registered by name and says which unit kinds it applies to. A
+*structural* one physically removes channels, heads or blocks, so it runs before the sparse
+ones (``order``: blocks, then heads, then channels, then masks), which mask weights of the
 unit's layers with ``torch.nn.utils.prune`` parametrisations that persist through
 fine-tuning and are folded into the weights at export (:func:`fold_masks`).
+
+Ratios are absolute: ``pruning_ratio`` is the fraction of the unit's *original* channels,
+heads, blocks or weights removed, so applying a plan to an already pruned model only
+removes what is still missing. That makes the iterative schedule
+(:mod:`autoprune.schedule`) a loop over the same plan with growing ratios.
+
+Built-in names: ``none``, ``channel``, ``neuron``, ``unstructured`` (here), ``n:M`` and
+``blockHxW`` families (:mod:`autoprune.sparse`), ``head`` (:mod:`autoprune.heads`) and
+``layer`` (:mod:`autoprune.depth`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune
 
-from .criteria import CRITERIA
+from .criteria import CRITERIA, GRADIENT_CRITERIA, Calibration, weight_scores
+from .errors import AutopruneError, UnknownNameError
 from .registry import Registry
 from .units import Unit, build_graph
+
+CHANNEL_KINDS = ("conv", "linear")
+
+#: Order in which granularities run inside one plan (lower first).
+ORDER_BLOCKS, ORDER_HEADS, ORDER_CHANNELS, ORDER_MASKS = 0, 1, 2, 3
 
 
 @dataclass
 class PruneContext:
     """The model being pruned and what granularities need to act on it.
 
-    The dependency graph is built lazily, once, on the first structural granularity.
+    The dependency graph is built lazily, once, on the first channel granularity; a
+    granularity that changes the model outside Torch-Pruning calls :meth:`changed` so the
+    graph is rebuilt. Gradients for Taylor scores come from ``calibration`` and are
+    recomputed after every structural change.
     """
 
     model: nn.Module
     example_input: torch.Tensor
+    calibration: Optional[Calibration] = None
     _graph: Optional[tp.DependencyGraph] = None
+    _gradients: bool = field(default=False, repr=False)
 
     @property
     def graph(self) -> tp.DependencyGraph:
@@ -40,28 +62,135 @@ class PruneContext:
     def layer(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)
 
+    def has_layer(self, name: str) -> bool:
+        try:
+            self.model.get_submodule(name)
+        except AttributeError:
+            return False
+        return True
+
+    def live_layers(self, unit: Unit) -> list[str]:
+        """The unit's layers still in the model (a removed block takes its layers with it)."""
+        return [name for name in unit.layers if self.has_layer(name)]
+
+    def changed(self, graph: bool = True) -> None:
+        """The model's structure changed: drop gradients, and the graph unless Torch-Pruning did it."""
+        if graph:
+            self._graph = None
+        if self._gradients:
+            self.model.zero_grad(set_to_none=True)
+            self._gradients = False
+
+    def ensure_gradients(self, criterion: str) -> None:
+        """Accumulate the loss gradients gradient-based criteria read (once per structure)."""
+        if self._gradients:
+            return
+        if self.calibration is None:
+            raise AutopruneError(
+                f"criterion {criterion!r} needs gradients: pass calibration=Calibration(data, loss) to apply_plan"
+            )
+        self.calibration.accumulate_gradients(self.model)
+        self._gradients = True
+
+    def inputs(self) -> torch.Tensor:
+        """A batch of model inputs for activation-based scores: calibration data if any, else the example."""
+        return self.calibration.inputs() if self.calibration is not None else self.example_input
+
+
+Apply = Callable[[PruneContext, Unit, float, str, int], None]
+
 
 @dataclass(frozen=True)
 class Granularity:
-    """A registered way to prune a unit at a ratio with a criterion."""
+    """A registered way to prune a unit at a ratio with a criterion.
+
+    ``kinds`` are the unit kinds it applies to (``conv``, ``linear``, ``heads``, ``depth``);
+    ``order`` places it in a plan's sequence (blocks, heads, channels, then masks).
+    """
 
     name: str
-    apply: Callable[[PruneContext, Unit, float, str, int], None]
+    apply: Apply
     structural: bool
     description: str = ""
+    kinds: tuple[str, ...] = CHANNEL_KINDS
+    order: int = ORDER_MASKS
 
 
-GRANULARITIES: Registry[Granularity] = Registry("granularity")
+class GranularityRegistry(Registry[Granularity]):
+    """The granularity registry; parametrised families (``n:8``, ``block4x4``) are built on first use."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self._families: list[tuple[re.Pattern, str, Callable[[re.Match], Granularity]]] = []
+
+    def add_family(self, pattern: str, label: str, build: Callable[[re.Match], Granularity]) -> None:
+        """Names fully matching ``pattern`` are built by ``build(match)``; ``label`` shows it in listings."""
+        self._families.append((re.compile(pattern), label, build))
+
+    def _build(self, name: str) -> Optional[Granularity]:
+        for pattern, _, build in self._families:
+            match = pattern.fullmatch(name)
+            if match:
+                return build(match)
+        return None
+
+    def get(self, name: str) -> Granularity:
+        if name not in self._items:
+            built = self._build(name) if isinstance(name, str) else None
+            if built is None:
+                raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
+            self._items[name] = built
+        return self._items[name]
+
+    def __contains__(self, name: object) -> bool:
+        if name in self._items:
+            return True
+        try:
+            return isinstance(name, str) and self._build(name) is not None
+        except (ValueError, AutopruneError):
+            return False
+
+    def names(self) -> list[str]:
+        return sorted(set(self._items) | {label for _, label, _ in self._families})
 
 
-def register_granularity(name: str, structural: bool, description: str = ""):
-    """Decorator registering ``apply(ctx, unit, ratio, criterion, channel_multiple)``."""
+GRANULARITIES: GranularityRegistry = GranularityRegistry("granularity")
 
-    def decorator(fn: Callable[[PruneContext, Unit, float, str, int], None]):
-        GRANULARITIES.register(name)(Granularity(name, fn, structural, description))
+
+def register_granularity(
+    name: str,
+    structural: bool,
+    description: str = "",
+    kinds: Sequence[str] = CHANNEL_KINDS,
+    order: Optional[int] = None,
+):
+    """Decorator registering ``apply(ctx, unit, ratio, criterion, channel_multiple)``.
+
+    The registered function is skipped for units whose layers a removed block took away.
+    """
+
+    def decorator(fn: Apply):
+        GRANULARITIES.register(name)(make_granularity(name, fn, structural, description, kinds, order))
         return fn
 
     return decorator
+
+
+def make_granularity(
+    name: str, fn: Apply, structural: bool, description: str = "", kinds: Sequence[str] = CHANNEL_KINDS, order: Optional[int] = None
+) -> Granularity:
+    """A :class:`Granularity` whose ``apply`` checks the unit kind and skips removed units."""
+    kinds = tuple(kinds)
+
+    def apply(ctx: PruneContext, unit: Unit, ratio: float, criterion: str, multiple: int) -> None:
+        if unit.kind not in kinds:
+            raise AutopruneError(f"granularity {name!r} does not apply to unit {unit.name!r} of kind {unit.kind!r}; it applies to {', '.join(kinds)}")
+        if unit.kind != "depth" and not ctx.live_layers(unit):
+            return None
+        return fn(ctx, unit, ratio, criterion, multiple)
+
+    apply.__doc__ = fn.__doc__
+    return Granularity(name, apply, structural, description, kinds, order if order is not None else (ORDER_CHANNELS if structural else ORDER_MASKS))
 
 
 def kept_channels(channels: int, ratio: float, multiple: int = 1) -> int:
@@ -76,30 +205,67 @@ def kept_channels(channels: int, ratio: float, multiple: int = 1) -> int:
     return int(min(channels, max(1, round(keep))))
 
 
-@register_granularity("none", structural=False, description="leave the unit dense")
+def out_channels(layer: nn.Module) -> int:
+    return layer.out_channels if isinstance(layer, nn.modules.conv._ConvNd) else layer.out_features
+
+
+def channel_scores(ctx: PruneContext, unit: Unit, criterion: str, group: tp.Group) -> torch.Tensor:
+    """One score per channel of the coupled group (Torch-Pruning importance, aggregated over it)."""
+    if criterion in GRADIENT_CRITERIA:
+        ctx.ensure_gradients(criterion)
+    scores = CRITERIA.get(criterion)()(group)
+    if scores is None:
+        raise AutopruneError(f"criterion {criterion!r} found nothing to score in unit {unit.name!r} (bn-scale needs a BatchNorm after the unit's layers)")
+    return scores
+
+
+@register_granularity("none", structural=False, description="leave the unit dense", kinds=("conv", "linear", "heads", "depth"))
 def _none(ctx: PruneContext, unit: Unit, ratio: float, criterion: str, multiple: int) -> None:
     return None
 
 
 @register_granularity("channel", structural=True, description="remove whole output channels (filters) of the coupled group")
 def _channel(ctx: PruneContext, unit: Unit, ratio: float, criterion: str, multiple: int) -> None:
-    root = ctx.layer(unit.name)
-    channels = root.out_channels if isinstance(root, nn.modules.conv._ConvNd) else root.out_features
-    n_remove = channels - kept_channels(channels, ratio, multiple)
+    root = ctx.layer(ctx.live_layers(unit)[0])
+    current = out_channels(root)
+    n_remove = current - kept_channels(unit.channels, ratio, multiple)
     if n_remove <= 0:
         return
     handler = tp.prune_linear_out_channels if isinstance(root, nn.Linear) else tp.prune_conv_out_channels
-    group = ctx.graph.get_pruning_group(root, handler, idxs=list(range(channels)))
-    scores = CRITERIA.get(criterion)()(group)
+    group = ctx.graph.get_pruning_group(root, handler, idxs=list(range(current)))
+    scores = channel_scores(ctx, unit, criterion, group)
     idxs = torch.argsort(scores)[:n_remove].tolist()
     ctx.graph.get_pruning_group(root, handler, idxs=idxs).prune()
+    ctx.changed(graph=False)
 
 
-@register_granularity("unstructured", structural=False, description="zero the smallest-magnitude weights of the unit's layers")
+@register_granularity("neuron", structural=True, description="remove whole neurons (output features) of linear layers, e.g. a transformer's FFN", kinds=("linear",))
+def _neuron(ctx: PruneContext, unit: Unit, ratio: float, criterion: str, multiple: int) -> None:
+    _channel(ctx, unit, ratio, criterion, multiple)
+
+
+def mask_layer(layer: nn.Module, keep: torch.Tensor) -> None:
+    """Add a pruning mask (1 = keep) to ``layer.weight``, combined with any mask already there."""
+    prune.custom_from_mask(layer, "weight", keep.to(dtype=layer.weight.dtype, device=layer.weight.device))
+
+
+def masked_fraction(layer: nn.Module) -> float:
+    """Fraction of ``layer.weight`` that is zero (masks applied)."""
+    weight = layer.weight
+    return float((weight == 0).sum()) / weight.numel()
+
+
+@register_granularity("unstructured", structural=False, description="zero the lowest-scoring individual weights of the unit's layers")
 def _unstructured(ctx: PruneContext, unit: Unit, ratio: float, criterion: str, multiple: int) -> None:
-    for name in unit.layers:
+    for name in ctx.live_layers(unit):
         layer = ctx.layer(name)
-        prune.l1_unstructured(layer, "weight", amount=ratio) if criterion != "random" else prune.random_unstructured(layer, "weight", amount=ratio)
+        scores = weight_scores(ctx, layer, criterion).flatten()
+        n_prune = int(round(ratio * scores.numel()))
+        if n_prune <= 0:
+            continue
+        keep = torch.ones_like(scores)
+        keep[torch.argsort(scores)[:n_prune]] = 0
+        mask_layer(layer, keep.view_as(layer.weight))
 
 
 def fold_masks(model: nn.Module) -> nn.Module:
@@ -129,3 +295,6 @@ def sparsity(model: nn.Module) -> float:
             zeros += (m.weight == 0).sum().item()
             total += m.weight.numel()
     return zeros / max(total, 1)
+
+
+from . import depth, heads, sparse  # noqa: E402,F401  (register their granularities)

@@ -77,6 +77,11 @@ class Rule(BaseModel):
         return value
 
     def matches(self, unit: Unit) -> bool:
+        """The unit's name or a layer matches, and every granularity offered applies to its kind."""
+        from .granularity import GRANULARITIES
+
+        if not all(unit.kind in GRANULARITIES.get(g).kinds for g in self.granularities):
+            return False
         return any(fnmatch.fnmatchcase(unit.name, p) or any(fnmatch.fnmatchcase(l, p) for l in unit.layers) for p in self.patterns)
 
 
