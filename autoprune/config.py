@@ -8,6 +8,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from .errors import ConfigError
+from .schedule import IterativeSchedule
 from .training import FinetuneRecipe
 from .yamlio import load_model
 
@@ -35,6 +36,7 @@ class ExportOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     finetune: FinetuneRecipe = FinetuneRecipe(epochs=5, lr=0.01)
+    iterative: Optional[IterativeSchedule] = Field(None, description="prune in steps with fine-tuning between (cubic schedule); null = one shot")
 
 
 class Config(BaseModel):

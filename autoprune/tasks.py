@@ -204,3 +204,6 @@ def fashion_mnist(
     torch.manual_seed(seed)
     net = train_dense(net, train, val, _dense_key("fashion-mnist", model, epochs, train_size, seed), epochs)
     return Task(f"fashion-mnist/{model}", net, train, val, train[0][0][None].clone(), info={"dataset": str(root)})
+
+
+from . import text_task  # noqa: E402,F401  (registers the "minilm" task)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .distill import Distillation
 from .errors import AutopruneError
 
 
@@ -24,6 +25,7 @@ class FinetuneRecipe(BaseModel):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     schedule: Literal["constant", "cosine"] = "cosine"
+    distill: Optional[Distillation] = Field(None, description="distil from the dense model while fine-tuning (see autoprune.distill)")
 
     def steps(self, n_samples: int) -> int:
         """Number of optimiser steps this recipe takes on ``n_samples`` training samples."""

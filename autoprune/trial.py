@@ -16,6 +16,8 @@ from typing import Any, Optional
 import torch
 
 from .apply import apply_plan
+from .criteria import Calibration
+from .distill import training_loss
 from .latency import LatencyEstimator
 from .metrics import macs, nonzero_params
 from .plan import Plan
@@ -79,9 +81,14 @@ class TrialContext:
         return {name: us.rule.channel_multiple for name, us in self.space.items()}
 
 
+def calibration(ctx: TrialContext) -> Calibration:
+    """Training batches and loss for gradient-based criteria (used only by plans that need them)."""
+    return Calibration(ctx.task.train, ctx.task.loss, seed=ctx.seed)
+
+
 def prune(ctx: TrialContext, plan: Plan) -> torch.nn.Module:
     """The dense model pruned by ``plan``."""
-    return apply_plan(ctx.task.model, plan, ctx.units, ctx.task.example_input, ctx.channel_multiples)
+    return apply_plan(ctx.task.model, plan, ctx.units, ctx.task.example_input, ctx.channel_multiples, calibration=calibration(ctx))
 
 
 def run_trial(ctx: TrialContext, plan: Plan, number: int) -> TrialResult:
@@ -98,7 +105,7 @@ def run_trial(ctx: TrialContext, plan: Plan, number: int) -> TrialResult:
         result.latency_ms = {d: est.latency_ms(model, ctx.task.example_input) for d, est in ctx.estimators.items()}
         timings["latency_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        result.finetune_steps = finetune(model, ctx.task.train, ctx.recipe, ctx.task.loss, seed=ctx.seed + number)
+        result.finetune_steps = finetune(model, ctx.task.train, ctx.recipe, training_loss(ctx.task, ctx.recipe.distill), seed=ctx.seed + number)
         timings["finetune_s"] = time.perf_counter() - t
         t = time.perf_counter()
         result.accuracy = float(ctx.task.metric(model, ctx.task.val))
