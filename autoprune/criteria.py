@@ -119,7 +119,5 @@ def weight_scores(ctx: Any, layer: nn.Module, criterion: str, param: str = "weig
         if grad is None:
             raise AutopruneError(f"criterion 'taylor': layer {type(layer).__name__} got no gradient from the calibration loss")
         return (weight * grad.detach()).abs()
-    if criterion in CRITERIA:
-        raise AutopruneError(f"criterion {criterion!r} scores channels only; for weights, heads and blocks use l1, l2, taylor or random")
-    CRITERIA.get(criterion)
-    raise AssertionError("unreachable")
+    CRITERIA.get(criterion)  # an unknown name lists the known ones
+    raise AutopruneError(f"criterion {criterion!r} scores channels only; for weights, heads and blocks use l1, l2, taylor or random")

@@ -1,0 +1,275 @@
+"""Every granularity and criterion on real CNNs: sparsity counted from the weights, masks that
+survive fine-tuning, exports that still run, criteria that find a planted unimportant item."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from autoprune.apply import apply_plan
+from autoprune.backends import get_backend
+from autoprune.criteria import CRITERIA, Calibration
+from autoprune.depth import SkippedBlock
+from autoprune.distill import Distillation, distillation_loss, kd_term
+from autoprune.errors import AutopruneError, ConfigError, UnknownNameError
+from autoprune.granularity import GRANULARITIES, PruneContext, channel_scores, fold_masks, kept_channels, refresh_masks
+from autoprune.latency import deployable
+from autoprune.models import MODELS
+from autoprune.plan import Plan, UnitChoice
+from autoprune.schedule import cubic_fractions, iterative_prune, scale_plan
+from autoprune.search_space import SearchSpace
+from autoprune.sparse import gemm_view
+from autoprune.structure import search_units
+from autoprune.tasks import cross_entropy
+from autoprune.training import FinetuneRecipe, finetune
+
+X = torch.randn(1, 1, 8, 8)
+SPARSE = ["unstructured", "n:4", "n:8", "block1x4", "block4x4"]
+
+
+def make(name="resnet-tiny"):
+    torch.manual_seed(0)
+    return MODELS.get(name)().eval()
+
+
+def data(n=64):
+    g = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g))
+
+
+def calibration():
+    return Calibration(data(), cross_entropy, batches=2, batch_size=16)
+
+
+def conv_units(model):
+    return {u.name: u for u in search_units(model, X, ("stem", "classifier")) if u.kind == "conv"}
+
+
+def zero_fraction(model, unit):
+    weights = [model.get_submodule(layer).weight for layer in unit.layers]
+    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+
+
+@pytest.mark.parametrize("granularity", SPARSE)
+@pytest.mark.parametrize("criterion", ["l1", "l2", "taylor", "random"])
+def test_sparse_granularities_give_requested_sparsity(granularity, criterion):
+    model = make()
+    units = conv_units(model)
+    pruned = apply_plan(model, Plan.uniform(list(units), 0.5, granularity, criterion), units, X, calibration=calibration())
+    for unit in units.values():
+        assert zero_fraction(pruned, unit) == pytest.approx(0.5, abs=0.02), unit.name
+    out = pruned(X)
+    assert out.shape == model(X).shape and torch.isfinite(out).all()
+    assert all((model.get_submodule(l).weight != 0).all() for u in units.values() for l in u.layers)  # dense untouched
+
+
+@pytest.mark.parametrize("ratio,n", [(0.25, 3), (0.5, 2), (0.75, 1)])
+def test_n_of_m_pattern_holds_in_every_group(ratio, n):
+    model = make()
+    units = conv_units(model)
+    pruned = apply_plan(model, Plan.uniform(list(units), ratio, "n:4"), units, X)
+    for unit in units.values():
+        for layer in unit.layers:
+            w = pruned.get_submodule(layer).weight.detach()
+            groups = w.movedim(1, -1).reshape(-1, 4)  # input channels innermost, groups of 4
+            assert ((groups != 0).sum(-1) == n).all(), layer
+
+
+@pytest.mark.parametrize("height,width", [(1, 4), (4, 4), (2, 8)])
+def test_blocks_are_zeroed_whole(height, width):
+    model = make()
+    units = conv_units(model)
+    pruned = apply_plan(model, Plan.uniform(list(units), 0.5, f"block{height}x{width}"), units, X)
+    for unit in units.values():
+        for layer in unit.layers:
+            matrix = gemm_view(pruned.get_submodule(layer).weight.detach())
+            rows, cols = matrix.shape
+            blocks = matrix[: rows - rows % height, : cols - cols % width].reshape(rows // height, height, cols // width, width)
+            nonzero = (blocks != 0).sum(dim=(1, 3))
+            assert ((nonzero == 0) | (nonzero == height * width)).all(), layer
+            assert (nonzero == 0).float().mean() == pytest.approx(0.5, abs=0.1)
+
+
+@pytest.mark.parametrize("granularity", SPARSE)
+def test_masks_survive_fine_tuning_and_fold_for_export(granularity, tmp_path):
+    model = make()
+    units = conv_units(model)
+    pruned = apply_plan(model, Plan.uniform(list(units), 0.5, granularity), units, X)
+    zero_before = {l: pruned.get_submodule(l).weight.detach() == 0 for u in units.values() for l in u.layers}
+    finetune(pruned, data(), FinetuneRecipe(max_steps=3, batch_size=16, lr=0.5), cross_entropy)
+    refresh_masks(pruned, X)
+    for layer, zeros in zero_before.items():
+        weight = pruned.get_submodule(layer).weight
+        assert (weight[zeros] == 0).all(), layer
+        assert not torch.equal(pruned.get_submodule(layer).weight_orig[~zeros], model.get_submodule(layer).weight[~zeros])  # it trained
+    final = deployable(pruned, X)
+    assert not any(hasattr(m, "weight_orig") for m in final.modules())
+    backend = get_backend("onnxruntime-cpu")
+    path = backend.export(final, X, tmp_path / "m.onnx")
+    np.testing.assert_allclose(backend.load(path)(X.numpy()), final(X).detach().numpy(), atol=1e-4)
+    import onnx
+
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    assert sum(int((v == 0).sum()) for v in inits.values() if v.ndim == 4) >= 0.45 * sum(
+        int(z.numel()) for z in zero_before.values()
+    )  # the zeros reach the exported file (BN folding scales weights, zeros stay zeros)
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2", "taylor", "bn-scale", "random"])
+def test_channel_pruning_shrinks_tensors_with_every_criterion(criterion, tmp_path):
+    model = make()
+    units = conv_units(model)
+    pruned = apply_plan(model, Plan.uniform(list(units), 0.5, "channel", criterion), units, X, calibration=calibration())
+    for unit in units.values():
+        for layer in unit.layers:
+            assert pruned.get_submodule(layer).out_channels == kept_channels(unit.channels, 0.5)
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
+    path = get_backend("onnxruntime-cpu").export(pruned, X, tmp_path / "m.onnx")
+    np.testing.assert_allclose(get_backend("onnxruntime-cpu").load(path)(X.numpy()), pruned(X).detach().numpy(), atol=1e-4)
+
+
+def test_layer_removal_replaces_blocks_and_keeps_other_units_valid(tmp_path):
+    model = make("resnet20")
+    units = {u.name: u for u in search_units(model, X, ("stem", "classifier"))}
+    depth = units["blocks"]
+    assert depth.kind == "depth" and depth.channels == 7  # blocks 0-2, 4-5, 7-8 keep their input's shape
+    assert "blocks.3" not in depth.layers and "blocks.6" not in depth.layers
+    plan = {"blocks": UnitChoice("layer", 0.5)}
+    plan.update({n: UnitChoice("channel", 0.5) for n, u in units.items() if u.kind == "conv"})
+    pruned = apply_plan(model, Plan.from_dict(plan), units, X)
+    skipped = [n for n in depth.layers if isinstance(pruned.get_submodule(n), SkippedBlock)]
+    assert len(skipped) == depth.channels - kept_channels(depth.channels, 0.5) == 3
+    assert pruned(X).shape == (1, 10)
+    path = get_backend("onnxruntime-cpu").export(pruned, X, tmp_path / "m.onnx")
+    np.testing.assert_allclose(get_backend("onnxruntime-cpu").load(path)(X.numpy()), pruned(X).detach().numpy(), atol=1e-4)
+    again = apply_plan(pruned, Plan.from_dict(plan), units, X)  # ratios are absolute: nothing left to remove
+    assert sum(p.numel() for p in again.parameters()) == sum(p.numel() for p in pruned.parameters())
+
+
+class TwoConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2", "taylor", "bn-scale"])
+def test_criteria_rank_a_planted_unimportant_channel_last(criterion):
+    torch.manual_seed(0)
+    model = TwoConv().eval()
+    with torch.no_grad():
+        model.conv1.weight[5] *= 1e-3
+        model.bn1.weight[5] = 1e-3
+        model.conv2.weight[:, 5] *= 1e-3
+    units = {u.name: u for u in search_units(model, X, ("classifier",))}
+    ctx = PruneContext(model, X, calibration())
+    import torch_pruning as tp
+
+    group = ctx.graph.get_pruning_group(model.conv1, tp.prune_conv_out_channels, idxs=list(range(8)))
+    scores = channel_scores(ctx, units["conv1"], criterion, group)
+    assert int(torch.argmin(scores)) == 5
+    pruned = apply_plan(model, Plan.from_dict({"conv1": UnitChoice("channel", 1 / 8, criterion)}), units, X, calibration=calibration())
+    assert pruned.conv1.out_channels == 7
+    torch.testing.assert_close(pruned.conv1.weight, torch.cat([model.conv1.weight[:5], model.conv1.weight[6:]]))
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2", "taylor"])
+def test_depth_criteria_remove_a_planted_dead_block_first(criterion):
+    model = make("resnet20")
+    with torch.no_grad():
+        model.blocks[4].conv2[1].weight.zero_()  # block 4's residual branch now adds nothing
+        model.blocks[4].conv2[1].bias.zero_()
+    units = {u.name: u for u in search_units(model, X, ("stem", "classifier"))}
+    pruned = apply_plan(model, Plan.from_dict({"blocks": UnitChoice("layer", 1 / 7, criterion)}), units, X, calibration=calibration())
+    assert isinstance(pruned.blocks[4], SkippedBlock)
+    torch.testing.assert_close(pruned(X), model(X))
+
+
+def test_taylor_without_calibration_is_a_clear_error():
+    model = make()
+    units = conv_units(model)
+    with pytest.raises(AutopruneError, match="needs gradients"):
+        apply_plan(model, Plan.uniform(list(units), 0.5, "channel", "taylor"), units, X)
+
+
+def test_bn_scale_on_weights_is_a_clear_error():
+    model = make()
+    units = conv_units(model)
+    with pytest.raises(AutopruneError, match="scores channels only"):
+        apply_plan(model, Plan.uniform(list(units), 0.5, "unstructured", "bn-scale"), units, X)
+
+
+def test_registries_list_families_and_reject_bad_parameters():
+    assert {"channel", "neuron", "unstructured", "n:M", "blockHxW", "head", "layer", "none"} <= set(GRANULARITIES.names())
+    assert {"l1", "l2", "taylor", "bn-scale", "random"} <= set(CRITERIA.names())
+    assert "n:16" in GRANULARITIES and "block8x1" in GRANULARITIES
+    assert "n:1" not in GRANULARITIES and "block1x1" not in GRANULARITIES and "n:x" not in GRANULARITIES
+    with pytest.raises(UnknownNameError, match="blockHxW"):
+        GRANULARITIES.get("strided")
+    with pytest.raises(ConfigError, match="M must be"):
+        GRANULARITIES.get("n:1")
+
+
+def test_rules_bind_only_units_their_granularities_apply_to(tmp_path):
+    model = make("resnet20")
+    units = search_units(model, X, ("stem", "classifier"))
+    space = SearchSpace.model_validate({"rules": [{"match": "*", "granularities": ["channel", "n:4"]}, {"match": "blocks", "granularities": ["layer"]}]})
+    bound = space.resolve(units)
+    assert bound["blocks"].rule.granularities == ["layer"]
+    assert all(us.rule.granularities == ["channel", "n:4"] for n, us in bound.items() if n != "blocks")
+    with pytest.raises(ConfigError, match="matches no prunable unit"):
+        SearchSpace.model_validate({"rules": [{"match": "*", "granularities": ["head"]}]}).resolve(units)
+    with pytest.raises(ValueError, match="unknown granularity"):
+        SearchSpace.model_validate({"rules": [{"granularities": ["n:0"]}]})
+
+
+def test_cubic_schedule_reaches_the_one_shot_model():
+    assert cubic_fractions(1) == [1.0]
+    fractions = cubic_fractions(4)
+    assert fractions[-1] == 1.0 and all(a < b for a, b in zip(fractions, fractions[1:]))
+    assert fractions[0] == pytest.approx(1 - 0.75**3)
+    model = make()
+    units = conv_units(model)
+    names = list(units)
+    plan = Plan.from_dict({names[0]: UnitChoice("channel", 0.5), names[1]: UnitChoice("unstructured", 0.6), names[2]: UnitChoice("n:4", 0.5)})
+    assert scale_plan(plan, 0.5)[names[1]].pruning_ratio == pytest.approx(0.3)
+    tuned = []
+
+    def tune(m, step):
+        tuned.append(step)
+        finetune(m, data(), FinetuneRecipe(max_steps=2, batch_size=16), cross_entropy, seed=step)
+
+    gradual = iterative_prune(model, plan, units, X, 3, tune)
+    one_shot = apply_plan(model, plan, units, X)
+    assert tuned == [1, 2]
+    for name in names[:3]:
+        for layer in units[name].layers:
+            g, o = gradual.get_submodule(layer).weight, one_shot.get_submodule(layer).weight
+            assert g.shape == o.shape, layer
+            assert float((g == 0).float().mean()) == pytest.approx(float((o == 0).float().mean()), abs=0.01), layer
+    assert gradual(X).shape == (1, 10)
+
+
+def test_distillation_loss_blends_task_and_teacher():
+    teacher = make()
+    units = conv_units(teacher)
+    student = apply_plan(teacher, Plan.uniform(list(units), 0.5), units, X)
+    x, y = data(16).tensors
+    logits = teacher(x).detach()
+    assert float(kd_term(logits, logits, Distillation())) == pytest.approx(0.0, abs=1e-6)
+    assert float(kd_term(student(x).detach(), logits, Distillation(kind="mse"))) > 0
+    only_task = distillation_loss(cross_entropy, teacher, Distillation(weight=0.0))
+    torch.testing.assert_close(only_task(student, (x, y)), cross_entropy(student, (x, y)))
+    options = Distillation(weight=0.7, temperature=2.0)
+    blended = distillation_loss(cross_entropy, teacher, options)(student, (x, y))
+    expected = 0.3 * cross_entropy(student, (x, y)) + 0.7 * kd_term(student(x), logits, options)
+    torch.testing.assert_close(blended, expected)
+    recipe = FinetuneRecipe.model_validate({"max_steps": 3, "batch_size": 16, "distill": {"weight": 0.5, "temperature": 4}})
+    assert finetune(student, data(), recipe, distillation_loss(cross_entropy, teacher, recipe.distill)) == 3
