@@ -4,13 +4,26 @@ Search per-layer pruning ratio and granularity, score candidates on accuracy aft
 fine-tune and on latency per target device, keep a Pareto front per device, export the best
 model per device.
 """
-from .config import Config, load_config
-from .errors import AutopruneError, ConfigError
-from .plan import Plan, UnitChoice
-from .tasks import TASKS, Task, load_task
-from .trial import TrialResult, run_trial
+from importlib import import_module
+from typing import Any
 
 __version__ = "0.1.0"
+
+#: Public name -> submodule. Imported on first use, so ``python -m autoprune.agent`` on a
+#: device without torch does not import it.
+_LAZY = {
+    "Config": "config", "load_config": "config",
+    "AutopruneError": "errors", "ConfigError": "errors",
+    "Plan": "plan", "UnitChoice": "plan",
+    "TASKS": "tasks", "Task": "tasks", "load_task": "tasks",
+    "TrialResult": "trial", "run_trial": "trial",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "AutopruneError",
