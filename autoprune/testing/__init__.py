@@ -1,0 +1,1 @@
+"""Test suites shipped with autoprune so extensions are held to the same contract as the built-ins."""

@@ -1,0 +1,152 @@
+"""Every registered controller through the conformance suite, plus what is particular to each."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoprune.controllers import CONTROLLERS
+from autoprune.controllers.encoding import uniform_plans, violations
+from autoprune.controllers.selection import crowding_distances, nondominated_ranks
+from autoprune.errors import ConfigError
+from autoprune.plan import Plan
+from autoprune.testing.controllers import ControllerTestSuite, run_toy, toy_objectives, toy_space
+from tests.conftest import REPO, write_config
+
+
+@pytest.fixture
+def study_config(tmp_path: Path):
+    """Writes a tiny study config (mixed channel/unstructured space) for a controller and budget."""
+
+    def make(controller: str, options: dict, trials: int) -> Path:
+        return write_config(
+            tmp_path,
+            controller=controller,
+            controller_options=options,
+            budget={"trials": trials},
+            search_space=str(REPO / "search_spaces" / "cnn_mixed.yaml"),
+            finetune={"epochs": 0.1, "batch_size": 64},
+        )
+
+    return make
+
+
+class TestEvolution(ControllerTestSuite):
+    controller = "evolution"
+    options = {"population_size": 6, "warm_start": 3}
+
+
+class TestRL(ControllerTestSuite):
+    controller = "rl"
+    options = {"warm_start": 3, "updates": 8, "hidden": 16}
+
+
+class TestRandom(ControllerTestSuite):
+    controller = "random"
+
+
+class TestUniform(ControllerTestSuite):
+    controller = "uniform"
+    stochastic = False
+
+
+class TestNSGA2(ControllerTestSuite):
+    controller = "nsga2"
+    options = {"population_size": 6}
+    exact_resume = False
+
+
+class TestTPE(ControllerTestSuite):
+    controller = "tpe"
+    options = {"n_startup_trials": 5}
+    exact_resume = False
+
+
+def test_every_registered_controller_has_a_suite():
+    tested = {cls.controller for cls in ControllerTestSuite.__subclasses__()}
+    assert set(CONTROLLERS.names()) <= tested
+
+
+def test_ranks_and_crowding_on_hand_made_points():
+    points = np.array([[1, 5], [2, 3], [3, 4], [4, 1], [5, 5], [2, 3]], dtype=float)
+    assert nondominated_ranks(points).tolist() == [0, 0, 1, 0, 2, 0]
+    crowding = crowding_distances(points, nondominated_ranks(points))
+    # front 0 by x (stable): rows 0, 1, 5, 3 over a span of 3; by y: rows 3, 1, 5, 0 over a span of 4
+    assert np.isinf(crowding[0]) and np.isinf(crowding[3])
+    assert crowding[1] == pytest.approx((2 - 1) / 3 + (3 - 1) / 4)
+    assert crowding[5] == pytest.approx((4 - 2) / 3 + (5 - 3) / 4)
+    assert np.isinf(crowding[2]) and np.isinf(crowding[4])  # fronts of one member
+
+
+def test_uniform_sweeps_the_grid_from_dense_to_most_pruned():
+    space = toy_space()
+    controller = CONTROLLERS.get("uniform")(space, toy_objectives())
+    plans = [controller.ask().plan for _ in range(3)]
+    grid_units = [u for u, us in space.items() if us.rule.pruning_ratio.step == 0.1 and us.rule.pruning_ratio.high == 0.8]
+    assert [plans[i][grid_units[0]].pruning_ratio for i in range(3)] == [0.0, 0.1, 0.2]
+    assert all(violations(p, space) == [] for p in uniform_plans(space))
+
+
+def test_evolution_starts_from_uniform_plans_and_keeps_only_the_latest_population():
+    space = toy_space()
+    controller = CONTROLLERS.get("evolution")(space, toy_objectives(), population_size=6, warm_start=3)
+    records = run_toy(controller, space, 20)
+    warm = {p.key for p in uniform_plans(space)}
+    assert [r.plan_key in warm for r in records[:3]] == [True, True, True]
+    assert [p.key for p in controller.population] == [r.plan_key for r in records[-6:]]
+    assert len({r.plan_key for r in records}) == 20, "children should not repeat evaluated plans"
+
+
+def test_evolution_finds_a_better_front_than_random_on_the_toy_problem():
+    from autoprune.pareto import hypervolume_2d
+
+    space = toy_space()
+
+    def hv(name: str, seed: int) -> float:
+        records = run_toy(CONTROLLERS.get(name)(space, toy_objectives(), seed=seed), space, 60)
+        points = np.array([[-r.accuracy, r.latency_ms["toy-device"]] for r in records])
+        return hypervolume_2d(points, (-0.5, 1.1))
+
+    assert np.mean([hv("evolution", s) for s in range(3)]) > np.mean([hv("random", s) for s in range(3)])
+
+
+def test_rl_state_action_and_greedy_policy():
+    space = toy_space()
+    agent = CONTROLLERS.get("rl")(space, toy_objectives(), warm_start=3, updates=16, hidden=16)
+    assert agent.action_dims == 1 + 2 + 2  # ratio, two granularity scores, two criterion scores
+    assert agent.state_dims == 12 + 2 * len(space)  # plan so far holds ratio and granularity per unit
+    run_toy(agent, space, 10)
+    for budget in (0.3, 1.0):
+        assert violations(agent.greedy_plan(budget), space) == []
+
+
+def test_rl_budgets_sweep_the_range_between_the_cheapest_plan_and_dense():
+    space = toy_space()
+    agent = CONTROLLERS.get("rl")(space, toy_objectives(), warm_start=5, updates=0)
+    records = run_toy(agent, space, 5)
+    cheapest = min(r.latency_ms["toy-device"] for r in records) / max(r.latency_ms["toy-device"] for r in records)
+    budgets = [agent.budget_for(i) for i in range(5, 25)]
+    assert all(cheapest - 1e-9 <= b <= 1.0 for b in budgets)
+    assert max(budgets) - min(budgets) > 0.7 * (1 - cheapest)
+
+
+@pytest.mark.parametrize(
+    "name, options, key",
+    [
+        ("evolution", {"population_size": 1}, "population_size"),
+        ("evolution", {"crossover_prob": 1.5}, "crossover_prob"),
+        ("rl", {"tau": 0.0}, "tau"),
+        ("uniform", {"steps": 0}, "steps"),
+    ],
+)
+def test_bad_options_name_the_key_and_the_rule(name, options, key):
+    with pytest.raises(ConfigError, match=rf"controller_options\.{key}: must be"):
+        CONTROLLERS.get(name)(toy_space(), toy_objectives(), **options)
+
+
+def test_plan_outside_the_space_is_reported():
+    space = toy_space()
+    unit = next(iter(space))
+    plan = Plan.from_dict({**{u: c.to_dict() for u, c in uniform_plans(space)[0]}, unit: {"granularity": "channel", "pruning_ratio": 0.95}})
+    assert any("pruning_ratio" in v for v in violations(plan, space))
