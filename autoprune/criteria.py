@@ -10,7 +10,8 @@ applied per weight and summed over the item.
 - ``taylor``: first-order Taylor, ``|weight x gradient|`` with gradients of the task's loss
   accumulated over a few training batches (Molchanov et al., 2019); needs a
   :class:`Calibration`.
-- ``bn-scale``: the BatchNorm scale after the channel (network slimming, Liu et al., 2017).
+- ``bn-scale``: the BatchNorm scale after the channel (network slimming, Liu et al., 2017);
+  per weight, the magnitude with that BatchNorm folded in.
 - ``random``: the control every criterion should beat.
 """
 from __future__ import annotations
@@ -101,6 +102,9 @@ class Calibration:
 def weight_scores(ctx: Any, layer: nn.Module, criterion: str, param: str = "weight") -> torch.Tensor:
     """One score per element of ``layer.<param>`` (masks applied); summed over items by callers.
 
+    ``bn-scale`` per weight is the weight's magnitude once the following BatchNorm is folded
+    into it (``|w| * |gamma| / sqrt(var + eps)``), so it ranks weights as the deployed model sees them.
+
     Weights already zeroed by a mask score lowest, so re-applying a plan keeps them pruned.
     """
     weight = getattr(layer, param).detach()
@@ -119,5 +123,23 @@ def weight_scores(ctx: Any, layer: nn.Module, criterion: str, param: str = "weig
         if grad is None:
             raise AutopruneError(f"criterion 'taylor': layer {type(layer).__name__} got no gradient from the calibration loss")
         return (weight * grad.detach()).abs()
+    if criterion == "bn-scale":
+        bn = following_batchnorm(ctx.model, layer)
+        if bn is None or bn.weight is None:
+            raise AutopruneError(f"criterion 'bn-scale' needs a BatchNorm right after each layer it scores; {type(layer).__name__} {tuple(weight.shape)} has none")
+        scale = (bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)).abs()
+        return weight.abs() * scale.view(-1, *([1] * (weight.dim() - 1)))
     CRITERIA.get(criterion)  # an unknown name lists the known ones
-    raise AutopruneError(f"criterion {criterion!r} scores channels only; for weights, heads and blocks use l1, l2, taylor or random")
+    raise AutopruneError(f"criterion {criterion!r} has no per-weight form")
+
+
+def following_batchnorm(model: nn.Module, layer: nn.Module) -> nn.modules.batchnorm._BatchNorm | None:
+    """The BatchNorm that directly follows ``layer`` in module order and normalises its outputs, if any."""
+    leaves = [m for m in model.modules() if not list(m.children())]
+    for i, module in enumerate(leaves[:-1]):
+        if module is layer:
+            bn = leaves[i + 1]
+            if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.num_features == layer.weight.shape[0]:
+                return bn
+            return None
+    return None

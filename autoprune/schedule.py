@@ -88,3 +88,16 @@ def gradual_prune(ctx: "TrialContext", plan: Plan, schedule: IterativeSchedule, 
     return iterative_prune(
         ctx.task.model, plan, ctx.units, ctx.task.example_input, schedule.steps, tune, ctx.channel_multiples, calibration(ctx)
     )
+
+
+def prune_for_export(ctx: "TrialContext", plan: Plan, iterative: Optional[IterativeSchedule] = None, seed: int = 0) -> nn.Module:
+    """The pruned model an export then fine-tunes: one shot, or gradual when ``export.iterative`` is set.
+
+    Export code calls ``prune_for_export(ctx, plan, config.export.iterative, config.seed)``
+    then ``finetune(model, ..., training_loss(ctx.task, recipe.distill))``.
+    """
+    if iterative is None or iterative.steps <= 1:
+        from .trial import prune
+
+        return prune(ctx, plan)
+    return gradual_prune(ctx, plan, iterative, seed)

@@ -53,7 +53,7 @@ def zero_fraction(model, unit):
 
 
 @pytest.mark.parametrize("granularity", SPARSE)
-@pytest.mark.parametrize("criterion", ["l1", "l2", "taylor", "random"])
+@pytest.mark.parametrize("criterion", ["l1", "l2", "taylor", "bn-scale", "random"])
 def test_sparse_granularities_give_requested_sparsity(granularity, criterion):
     model = make()
     units = conv_units(model)
@@ -180,7 +180,7 @@ def test_criteria_rank_a_planted_unimportant_channel_last(criterion):
     torch.testing.assert_close(pruned.conv1.weight, torch.cat([model.conv1.weight[:5], model.conv1.weight[6:]]))
 
 
-@pytest.mark.parametrize("criterion", ["l1", "l2", "taylor"])
+@pytest.mark.parametrize("criterion", ["l1", "l2", "taylor", "bn-scale"])
 def test_depth_criteria_remove_a_planted_dead_block_first(criterion):
     model = make("resnet20")
     with torch.no_grad():
@@ -199,11 +199,19 @@ def test_taylor_without_calibration_is_a_clear_error():
         apply_plan(model, Plan.uniform(list(units), 0.5, "channel", "taylor"), units, X)
 
 
-def test_bn_scale_on_weights_is_a_clear_error():
+def test_bn_scale_per_weight_follows_the_folded_batchnorm():
     model = make()
     units = conv_units(model)
-    with pytest.raises(AutopruneError, match="scores channels only"):
-        apply_plan(model, Plan.uniform(list(units), 0.5, "unstructured", "bn-scale"), units, X)
+    name = next(iter(units))
+    conv, bn = model.get_submodule(name), model.get_submodule(name[:-1] + "1")
+    with torch.no_grad():
+        bn.weight[0] = 1e-4  # output channel 0 is nearly silenced by its BatchNorm
+    pruned = apply_plan(model, Plan.from_dict({name: UnitChoice("unstructured", 1 / conv.out_channels, "bn-scale")}), units, X)
+    assert (pruned.get_submodule(name).weight[0] == 0).all() and (pruned.get_submodule(name).weight[1:] != 0).all()
+    mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.Linear(8, 2)).eval()
+    mlp_units = {u.name: u for u in search_units(mlp, torch.randn(1, 4), ("classifier",))}
+    with pytest.raises(AutopruneError, match="needs a BatchNorm"):
+        apply_plan(mlp, Plan.from_dict({"0": UnitChoice("unstructured", 0.5, "bn-scale")}), mlp_units, torch.randn(1, 4))
 
 
 def test_registries_list_families_and_reject_bad_parameters():
