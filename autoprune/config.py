@@ -39,6 +39,25 @@ class ExportOptions(BaseModel):
     iterative: Optional[IterativeSchedule] = Field(None, description="prune in steps with fine-tuning between (cubic schedule); null = one shot")
 
 
+class Stopping(BaseModel):
+    """Multi-fidelity stopping: a trial reports accuracy at intermediate fine-tune steps and is
+    stopped when, at the same step, another trial beats it on every objective by a margin
+    (see :mod:`autoprune.stopping`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rungs: list[float] = Field(default_factory=lambda: [0.25, 0.5], min_length=1, description="fractions of the fine-tune's steps at which accuracy is reported")
+    accuracy_margin: float = Field(0.02, gt=0, lt=1, description="how much more accurate the other trial must be")
+    latency_margin: float = Field(0.0, ge=0, lt=1, description="how much faster (fraction) it must be on every device")
+
+    @field_validator("rungs")
+    @classmethod
+    def _fractions(cls, value: list[float]) -> list[float]:
+        if any(not 0 < f < 1 for f in value) or sorted(set(value)) != value:
+            raise ValueError(f"`0 < rung < 1`, increasing, must hold for every rung, but got rungs={value}")
+        return value
+
+
 class Config(BaseModel):
     """A study: what to prune, where it must run fast, and how to search."""
 
@@ -58,6 +77,8 @@ class Config(BaseModel):
     export: ExportOptions = ExportOptions()
     study_dir: str = Field("runs/study", description="where the study's records, database and exports live")
     seed: int = 0
+    storage: Optional[str] = Field(None, description="Optuna storage URL (e.g. postgresql://host/db); null = SQLite in the study_dir")
+    stopping: Optional[Stopping] = Field(None, description="stop hopeless trials at intermediate fine-tune steps; null = never")
     _base: Optional[Path] = PrivateAttr(None)
 
     @property

@@ -18,19 +18,23 @@ from .controllers import CONTROLLERS, Controller
 from .front import device_front
 from .objectives import build_objectives
 from .search_space import UnitSpace
+from .stopping import DominanceRule, TrialMonitor, append_reports, load_reports
 from .study import Study
-from .trial import COMPLETE, TrialContext, TrialResult, run_trial
+from .trial import COMPLETE, FAILED, STOPPED, TrialContext, TrialResult, run_trial
 
 
 def make_controller(config: Config, space: dict[str, UnitSpace], study: Study) -> Controller:
     """The config's controller, bound to the study's storage and objectives."""
+    options = dict(config.controller_options)
+    if config.storage is not None:
+        options.setdefault("storage", config.storage)
     return CONTROLLERS.get(config.controller)(
         space,
         build_objectives(config.objectives, config.devices),
         seed=config.seed,
         study_dir=study.path,
         study_name=config.name,
-        **config.controller_options,
+        **options,
     )
 
 
@@ -55,6 +59,7 @@ def run_study(
     controller = make_controller(config, ctx.space, study)
     controller.resume(records)
     evaluated = {r.plan_key: r for r in records if r.state == COMPLETE}
+    rule = DominanceRule(config.stopping, load_reports(study.path, records)) if config.stopping else None
     started = time.monotonic()
     done = len(records)
     first_device = config.devices[0]
@@ -65,7 +70,9 @@ def run_study(
             if earlier is not None:
                 result = dataclasses.replace(earlier, number=done, cached=True, timings={"total_s": 0.0}, plan=proposal.plan.to_dict())
             else:
-                result = run_trial(ctx, proposal.plan, done)
+                monitor = TrialMonitor(config.stopping.rungs, rule.check, controller.objectives) if rule else None
+                result = run_trial(ctx, proposal.plan, done, monitor)
+                append_reports(study.path, monitor.reports if monitor else [])
             result.trial_id, result.controller = proposal.trial_id, config.controller
             study.append(result)
             controller.tell(proposal, result)
@@ -74,7 +81,7 @@ def run_study(
                 evaluated.setdefault(result.plan_key, result)
             done += 1
             bar.update(1)
-            bar.set_postfix(front=len(device_front(records, first_device)), failed=sum(r.state != COMPLETE for r in records))
+            bar.set_postfix(front=len(device_front(records, first_device)), failed=sum(r.state == FAILED for r in records), stopped=sum(r.state == STOPPED for r in records))
             if on_trial is not None:
                 on_trial(result)
     return study

@@ -45,11 +45,14 @@ def finetune(
     loss_fn: Callable[[nn.Module, Any], torch.Tensor],
     seed: int = 0,
     after_step: Optional[Callable[[nn.Module], None]] = None,
+    on_step: Optional[Callable[[int, nn.Module], bool]] = None,
 ) -> int:
     """Train ``model`` in place with SGD for ``recipe.steps`` steps; returns steps taken.
 
     ``after_step`` runs after every optimiser step (granularities use it to re-apply
-    masks that are not parametrised). A NaN or infinite loss raises :class:`DivergedError`.
+    masks that are not parametrised). ``on_step(steps_done, model)`` runs after that and
+    stops fine-tuning when it returns True (multi-fidelity stopping, see
+    :mod:`autoprune.stopping`). A NaN or infinite loss raises :class:`DivergedError`.
     """
     steps = recipe.steps(len(data))
     if steps == 0:
@@ -74,6 +77,9 @@ def finetune(
             if after_step is not None:
                 after_step(model)
             done += 1
+            if on_step is not None and on_step(done, model):
+                model.eval()
+                return done
             if done >= steps:
                 break
     model.eval()

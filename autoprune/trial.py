@@ -11,7 +11,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
@@ -26,7 +26,11 @@ from .tasks import Task
 from .training import FinetuneRecipe, finetune
 from .units import Unit
 
-COMPLETE, FAILED = "complete", "failed"
+if TYPE_CHECKING:
+    from .stopping import TrialMonitor
+
+#: Record states. A stopped trial was cut short by multi-fidelity stopping (see autoprune.stopping).
+COMPLETE, FAILED, STOPPED = "complete", "failed", "stopped"
 
 
 @dataclass
@@ -91,8 +95,12 @@ def prune(ctx: TrialContext, plan: Plan) -> torch.nn.Module:
     return apply_plan(ctx.task.model, plan, ctx.units, ctx.task.example_input, ctx.channel_multiples, calibration=calibration(ctx))
 
 
-def run_trial(ctx: TrialContext, plan: Plan, number: int) -> TrialResult:
-    """Prune, time on every device, fine-tune, score. Errors are recorded, not raised."""
+def run_trial(ctx: TrialContext, plan: Plan, number: int, monitor: Optional["TrialMonitor"] = None) -> TrialResult:
+    """Prune, time on every device, fine-tune, score. Errors are recorded, not raised.
+
+    With a ``monitor`` the fine-tune reports accuracy at intermediate steps and may be
+    stopped early; the record then has state ``stopped`` and the steps it ran.
+    """
     result = TrialResult(number=number, plan=plan.to_dict(), plan_key=plan.key)
     timings = result.timings
     start = time.perf_counter()
@@ -105,7 +113,10 @@ def run_trial(ctx: TrialContext, plan: Plan, number: int) -> TrialResult:
         result.latency_ms = {d: est.latency_ms(model, ctx.task.example_input) for d, est in ctx.estimators.items()}
         timings["latency_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        result.finetune_steps = finetune(model, ctx.task.train, ctx.recipe, training_loss(ctx.task, ctx.recipe.distill), seed=ctx.seed + number)
+        on_step = monitor.watch(ctx, result) if monitor is not None else None
+        result.finetune_steps = finetune(model, ctx.task.train, ctx.recipe, training_loss(ctx.task, ctx.recipe.distill), seed=ctx.seed + number, on_step=on_step)
+        if monitor is not None and monitor.stopped:
+            result.state = STOPPED
         timings["finetune_s"] = time.perf_counter() - t
         t = time.perf_counter()
         result.accuracy = float(ctx.task.metric(model, ctx.task.val))

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from ..objectives import values
 from ..plan import Plan, UnitChoice
 from ..search_space import UnitSpace
-from ..trial import COMPLETE, TrialResult
+from ..trial import COMPLETE, STOPPED, TrialResult
 from .base import CONTROLLERS, Controller, Proposal
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -96,6 +96,8 @@ class OptunaController(Controller):
         trial = self._pending.pop(proposal.trial_id, proposal.trial_id)
         if result.state == COMPLETE:
             self.study.tell(trial, values(result, self.objectives))
+        elif result.state == STOPPED:
+            self.study.tell(trial, state=TrialState.PRUNED)
         else:
             self.study.tell(trial, state=TrialState.FAIL)
 
