@@ -1,40 +1,81 @@
 """Export the chosen front member for a device: rebuild it from the dense model and its
-plan, fine-tune it longer, write the device's format, verify it, and write a model card."""
+plan, fine-tune it longer, write the device's format, verify it, and write a model card.
+
+The format is the device backend's (``.onnx`` for ONNX Runtime, ``.tflite`` through
+litert-torch for LiteRT, a ``torch.export`` ``.pt2`` program for PyTorch). Channel pruning
+physically shrinks the exported layers; sparse granularities leave their zeros in the
+weights. Every export is verified: outputs of the file against PyTorch on validation data
+(max abs difference, top-1 agreement), latency measured on the device (interleaved with
+the dense model exported the same way) beside the predicted one, and file size. An
+optional int8 post-training quantization (:mod:`autoprune.quantize`) adds a second file,
+verified the same way, with its accuracy re-measured through the file.
+
+:func:`export_all` exports one model per device of a study into one folder with an index;
+devices that choose the same front member share its fine-tune.
+"""
 from __future__ import annotations
 
 import json
+import statistics
+import tempfile
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from .backends import get_backend
+from .backends import LatencyStats, get_backend
 from .context import build_context
-from .devices import load_device
+from .devices import DeviceProfile, load_device
 from .errors import AutopruneError
 from .front import device_front
+from .granularity import sparsity
 from .latency import batched, deployable
 from .metrics import macs, nonzero_params
 from .plan import Plan
 from .study import Study
-from .trial import TrialResult, prune
+from .trial import TrialContext, TrialResult, prune
 from .training import FinetuneRecipe, finetune
+
+#: ``measure(path, example_input, threads, warmup, repeats)``: a device backend's
+#: ``measure`` or a remote one (:class:`autoprune.remote.AgentMeasurer`).
+Measurer = Callable[[Path, np.ndarray, int, int, int], LatencyStats]
+#: Latency timed in this many alternating rounds (member, dense, member, ...); the
+#: median of the rounds' medians is reported, so drift on a busy machine hits both.
+MEASURE_ROUNDS = 3
+INDEX_FILE = "index.json"
 
 
 def select_member(
-    records: list[TrialResult], device: str, max_latency_ms: Optional[float] = None, min_accuracy: Optional[float] = None
+    records: Sequence[TrialResult],
+    device: str,
+    max_latency_ms: Optional[float] = None,
+    min_accuracy: Optional[float] = None,
+    min_speedup: Optional[float] = None,
+    dense_latency_ms: Optional[float] = None,
 ) -> TrialResult:
     """The front member to deploy on ``device``.
 
-    With a latency budget: the most accurate member within it. With an accuracy floor: the
-    fastest member meeting it. With neither: the most accurate member.
+    With a latency budget (``max_latency_ms``, or ``min_speedup`` over the dense model's
+    ``dense_latency_ms``): the most accurate member within it. With an accuracy floor:
+    the fastest member meeting it. With none: the most accurate member.
     """
+    if sum(v is not None for v in (max_latency_ms, min_accuracy, min_speedup)) > 1:
+        raise AutopruneError("give at most one of max_latency_ms, min_accuracy, min_speedup")
     members = device_front(records, device)
     if not members:
         raise AutopruneError(f"the study has no complete trial with a latency for device {device!r}")
+    if min_speedup is not None:
+        if not dense_latency_ms:
+            raise AutopruneError(f"--min-speedup needs the dense model's latency on {device!r}; the study has no baseline for it")
+        fit = [m for m in members if dense_latency_ms / m.latency_ms[device] >= min_speedup]
+        if not fit:
+            best = dense_latency_ms / min(m.latency_ms[device] for m in members)
+            raise AutopruneError(f"no front member on {device!r} meets --min-speedup {min_speedup} (fastest: {best:.3g}x)")
+        return max(fit, key=lambda m: m.accuracy)
     if max_latency_ms is not None:
         fit = [m for m in members if m.latency_ms[device] <= max_latency_ms]
         if not fit:
@@ -66,67 +107,291 @@ def parity(runner: Any, model: torch.nn.Module, data: torch.utils.data.Dataset, 
     return {"max_abs_diff": max_diff, "top1_agreement": agree / max(checked, 1), "samples": checked}
 
 
+def measure_interleaved(measure: Measurer, paths: Sequence[Path], x: np.ndarray, profile: DeviceProfile, rounds: int = MEASURE_ROUNDS) -> list[LatencyStats]:
+    """Time several files in alternating rounds; per file, the round whose median is the
+    median of the rounds (so its spread belongs to that median)."""
+    per_file: list[list[LatencyStats]] = [[] for _ in paths]
+    for _ in range(rounds):
+        for i, path in enumerate(paths):
+            per_file[i].append(measure(path, x, profile.threads, profile.warmup, profile.repeats))
+    chosen = []
+    for stats in per_file:
+        mid = statistics.median_low([s.median_ms for s in stats])
+        chosen.append(next(s for s in stats if s.median_ms == mid))
+    return chosen
+
+
+@dataclass
+class ExportRequest:
+    """What to export for one device and how: the selection, the format's extras, where to time it."""
+
+    device: str
+    max_latency_ms: Optional[float] = None
+    min_accuracy: Optional[float] = None
+    min_speedup: Optional[float] = None
+    quantize: Optional[str] = None
+    calibration_samples: int = 256
+    measurer: Optional[Measurer] = None
+    measured_on: str = ""
+
+    @property
+    def selection(self) -> dict[str, Optional[float]]:
+        return {"max_latency_ms": self.max_latency_ms, "min_accuracy": self.min_accuracy, "min_speedup": self.min_speedup}
+
+
+@dataclass
+class _Tuned:
+    """A front member after the export fine-tune, shared by devices that chose it."""
+
+    model: torch.nn.Module
+    accuracy: float
+    steps: int
+    seconds: float
+
+
+@dataclass
+class Exporter:
+    """Exports members of one study; builds the task once and fine-tunes each chosen plan once."""
+
+    study: Study
+    recipe: Optional[FinetuneRecipe] = None
+    _ctx: Optional[TrialContext] = None
+    _tuned: dict[str, _Tuned] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.study = self.study.require()
+        self.config = self.study.config()
+        self.recipe = self.recipe or self.config.export.finetune
+
+    @property
+    def ctx(self) -> TrialContext:
+        if self._ctx is None:
+            self._ctx = build_context(self.config)
+        return self._ctx
+
+    def choose(self, request: ExportRequest) -> TrialResult:
+        if request.device not in self.config.devices:
+            raise AutopruneError(f"device {request.device!r} is not a device of study {self.study.path} (devices: {', '.join(self.config.devices)})")
+        dense = ((self.study.baseline() or {}).get("latency_ms") or {}).get(request.device)
+        return select_member(self.study.records(), request.device, request.max_latency_ms, request.min_accuracy, request.min_speedup, dense)
+
+    def tuned(self, member: TrialResult) -> _Tuned:
+        """``member`` rebuilt from the dense model and fine-tuned with the export recipe (cached)."""
+        if member.plan_key not in self._tuned:
+            task = self.ctx.task
+            started = time.perf_counter()
+            model = prune(self.ctx, Plan.from_dict(member.plan))
+            steps = finetune(model, task.train, self.recipe, task.loss, seed=self.config.seed)
+            accuracy = float(task.metric(model, task.val))
+            self._tuned[member.plan_key] = _Tuned(model, accuracy, steps, time.perf_counter() - started)
+        return self._tuned[member.plan_key]
+
+    def export(self, request: ExportRequest, out_dir: Optional[Union[str, Path]] = None) -> dict[str, Any]:
+        """Export the member :meth:`choose` picks for ``request.device`` into ``out_dir``;
+        returns the model card (also written as ``model_card.json``)."""
+        member = self.choose(request)
+        profile = load_device(request.device)
+        backend = get_backend(profile.backend)
+        out = Path(out_dir) if out_dir else self.study.exports_dir / request.device
+        out.mkdir(parents=True, exist_ok=True)
+        task = self.ctx.task
+        started = time.perf_counter()
+        tuned = self.tuned(member)
+        final = deployable(tuned.model, task.example_input)
+        dense = deployable(task.model, task.example_input)
+        x = batched(task.example_input, profile.batch_size)
+        path = backend.export(final, x, out / f"model{backend.suffix}")
+        checks = parity(backend.load(path, profile.threads), final, task.val, profile.batch_size)
+        measure, measured_on = self._measurer(request, profile)
+
+        baseline = self.study.baseline() or {}
+        dense_predicted = (baseline.get("latency_ms") or {}).get(request.device)
+        predicted = member.latency_ms[request.device]
+        card: dict[str, Any] = {
+            "study": str(self.study.path),
+            "task": task.name,
+            "device": request.device,
+            "backend": profile.backend,
+            "versions": backend.versions(),
+            "trial": member.number,
+            "plan_key": member.plan_key,
+            "plan": member.plan,
+            "granularities": sorted({c["granularity"] for c in member.plan.values() if c["pruning_ratio"] > 0}),
+            "selection": request.selection,
+            "metric": task.metric_name,
+            "accuracy_search": member.accuracy,
+            "accuracy": tuned.accuracy,
+            "accuracy_dense": baseline.get("accuracy"),
+            "latency_ms_predicted": predicted,
+            "latency_ms_dense": dense_predicted,
+            "speedup_predicted": dense_predicted / predicted if dense_predicted else None,
+            "latency_ms_measured": None,
+            "latency_ms_measured_p10_p90": None,
+            "latency_ms_dense_measured": None,
+            "speedup_measured": None,
+            "speedup_realised_over_predicted": None,
+            "measured_on": measured_on,
+            "params": nonzero_params(final),
+            "params_dense": nonzero_params(dense),
+            "macs": macs(final, task.example_input),
+            "macs_dense": macs(dense, task.example_input),
+            "sparsity": sparsity(final),
+            "file": path.name,
+            "size_bytes": path.stat().st_size,
+            "size_bytes_dense": None,
+            "parity": checks,
+            "quantized": None,
+            "finetune": {**self.recipe.model_dump(), "steps": tuned.steps, "seconds": tuned.seconds},
+        }
+        if measure is not None:
+            with tempfile.TemporaryDirectory(prefix="autoprune-dense-") as tmp:
+                dense_path = backend.export(dense, x, Path(tmp) / f"dense{backend.suffix}")
+                card["size_bytes_dense"] = dense_path.stat().st_size
+                stats, dense_stats = measure_interleaved(measure, [path, dense_path], x.numpy(), profile)
+            card.update(
+                latency_ms_measured=stats.median_ms,
+                latency_ms_measured_p10_p90=[stats.p10_ms, stats.p90_ms],
+                latency_ms_dense_measured=dense_stats.median_ms,
+                speedup_measured=dense_stats.median_ms / stats.median_ms,
+            )
+            if card["speedup_predicted"]:
+                card["speedup_realised_over_predicted"] = card["speedup_measured"] / card["speedup_predicted"]
+        if request.quantize:
+            card["quantized"] = self._quantize(request, profile, path, final, out, measure)
+        card["export_s"] = time.perf_counter() - started
+        card["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        (out / "model_card.json").write_text(json.dumps(card, indent=2))
+        return card
+
+    def _measurer(self, request: ExportRequest, profile: DeviceProfile) -> tuple[Optional[Measurer], str]:
+        if request.measurer is not None:
+            return request.measurer, request.measured_on or "remote"
+        if not profile.local:
+            return None, f"not measured: device {profile.name!r} is not this machine (local: false); pass --remote URL to time it through its agent"
+        backend = get_backend(profile.backend)
+        ok, why = backend.available()
+        if not ok:
+            return None, f"not measured: {why}"
+        return backend.measure, f"this machine, {profile.backend}"
+
+    def _quantize(
+        self, request: ExportRequest, profile: DeviceProfile, float_path: Path, final: torch.nn.Module, out: Path, measure: Optional[Measurer]
+    ) -> dict[str, Any]:
+        from . import quantize as q
+
+        task = self.ctx.task
+        mode = request.quantize
+        started = time.perf_counter()
+        calibration = q.calibration_batches(task.train, request.calibration_samples, profile.batch_size, self.config.seed) if mode == "static" else []
+        path = q.quantize_file(profile.backend, float_path, out / f"model_int8{float_path.suffix}", mode, calibration)
+        run = q.load_quantized(profile.backend, path, profile.threads)
+        info: dict[str, Any] = {
+            "mode": mode,
+            "method": q.method(profile.backend, mode),
+            "calibration_samples": sum(len(b) for b in calibration),
+            "file": path.name,
+            "size_bytes": path.stat().st_size,
+            **q.describe(profile.backend, path),
+            "accuracy": q.file_metric(run, profile.batch_size, task.metric, task.val),
+            "parity_vs_float": parity(run, final, task.val, profile.batch_size),
+            "latency_ms_measured": None,
+            "latency_ms_measured_p10_p90": None,
+            "speedup_over_float_measured": None,
+        }
+        if measure is not None:
+            example = batched(task.example_input, profile.batch_size).numpy()
+            stats, float_stats = measure_interleaved(measure, [path, float_path], example, profile)
+            info.update(
+                latency_ms_measured=stats.median_ms,
+                latency_ms_measured_p10_p90=[stats.p10_ms, stats.p90_ms],
+                speedup_over_float_measured=float_stats.median_ms / stats.median_ms,
+            )
+        info["seconds"] = time.perf_counter() - started
+        return info
+
+
 def export_member(
-    study_dir: str | Path,
+    study_dir: Union[str, Path],
     device: str,
     max_latency_ms: Optional[float] = None,
     min_accuracy: Optional[float] = None,
     recipe: Optional[FinetuneRecipe] = None,
-    out_dir: Optional[str | Path] = None,
+    out_dir: Optional[Union[str, Path]] = None,
+    **options: Any,
 ) -> dict[str, Any]:
-    """Export the member :func:`select_member` picks; returns the model card (also written as JSON)."""
-    study = Study(study_dir).require()
-    config = study.config()
-    if device not in config.devices:
-        raise AutopruneError(f"device {device!r} is not a device of study {study.path} (devices: {', '.join(config.devices)})")
-    member = select_member(study.records(), device, max_latency_ms, min_accuracy)
-    profile = load_device(device)
-    backend = get_backend(profile.backend)
-    recipe = recipe or config.export.finetune
-    out = Path(out_dir) if out_dir else study.exports_dir / device
-    out.mkdir(parents=True, exist_ok=True)
+    """Export the member :func:`select_member` picks for ``device``; returns the model card.
 
-    ctx = build_context(config)
-    task = ctx.task
-    started = time.perf_counter()
-    model = prune(ctx, Plan.from_dict(member.plan))
-    steps = finetune(model, task.train, recipe, task.loss, seed=config.seed)
-    accuracy = float(task.metric(model, task.val))
-    final = deployable(model, task.example_input)
-    x = batched(task.example_input, profile.batch_size)
-    path = backend.export(final, x, out / f"model{backend.suffix}")
-    runner = backend.load(path, profile.threads)
-    checks = parity(runner, final, task.val, profile.batch_size)
-    stats = backend.measure(path, x.numpy(), profile.threads, profile.warmup, profile.repeats)
-    baseline = study.baseline() or {}
-    dense_latency = (baseline.get("latency_ms") or {}).get(device)
-    card = {
-        "study": str(study.path),
-        "task": task.name,
-        "device": device,
-        "backend": profile.backend,
-        "versions": backend.versions(),
-        "trial": member.number,
-        "plan_key": member.plan_key,
-        "plan": member.plan,
-        "selection": {"max_latency_ms": max_latency_ms, "min_accuracy": min_accuracy},
-        "metric": task.metric_name,
-        "accuracy_search": member.accuracy,
-        "accuracy": accuracy,
-        "accuracy_dense": baseline.get("accuracy"),
-        "latency_ms_predicted": member.latency_ms[device],
-        "latency_ms_measured": stats.median_ms,
-        "latency_ms_measured_p10_p90": [stats.p10_ms, stats.p90_ms],
-        "latency_ms_dense": dense_latency,
-        "speedup_measured": dense_latency / stats.median_ms if dense_latency else None,
-        "params": nonzero_params(final),
-        "macs": macs(final, task.example_input),
-        "file": path.name,
-        "size_bytes": path.stat().st_size,
-        "parity": checks,
-        "finetune": {**recipe.model_dump(), "steps": steps},
-        "export_s": time.perf_counter() - started,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    (out / "model_card.json").write_text(json.dumps(card, indent=2))
-    return card
+    ``options`` are the other fields of :class:`ExportRequest` (``min_speedup``,
+    ``quantize``, ``calibration_samples``, ``measurer``, ``measured_on``).
+    """
+    request = ExportRequest(device, max_latency_ms, min_accuracy, **options)
+    return Exporter(Study(study_dir), recipe).export(request, out_dir)
+
+
+def export_all(
+    study_dir: Union[str, Path],
+    max_latency_ms: Optional[Mapping[str, float]] = None,
+    min_accuracy: Optional[float] = None,
+    min_speedup: Optional[float] = None,
+    recipe: Optional[FinetuneRecipe] = None,
+    out_dir: Optional[Union[str, Path]] = None,
+    quantize: Optional[str] = None,
+    calibration_samples: int = 256,
+) -> dict[str, Any]:
+    """One model per device of the study in ``out_dir/DEVICE/``, plus ``index.json`` and
+    ``index.md`` listing them. ``max_latency_ms`` maps devices to budgets (a device not in it
+    gets the most accurate member, or the one ``min_accuracy`` / ``min_speedup`` picks)."""
+    exporter = Exporter(Study(study_dir), recipe)
+    devices = list(exporter.config.devices)
+    budgets = dict(max_latency_ms or {})
+    unknown = sorted(set(budgets) - set(devices))
+    if unknown:
+        raise AutopruneError(f"--max-latency-ms names device {unknown[0]!r}, which is not a device of the study (devices: {', '.join(devices)})")
+    out = Path(out_dir) if out_dir else exporter.study.exports_dir
+    cards = {}
+    for device in devices:
+        request = ExportRequest(
+            device,
+            max_latency_ms=budgets.get(device),
+            min_accuracy=None if device in budgets else min_accuracy,
+            min_speedup=None if device in budgets else min_speedup,
+            quantize=quantize,
+            calibration_samples=calibration_samples,
+        )
+        cards[device] = exporter.export(request, out / device)
+    index = write_index(out, exporter.study, cards)
+    return index
+
+
+INDEX_COLUMNS = [
+    "device", "backend", "trial", "accuracy", "accuracy_search", "latency_ms_predicted", "latency_ms_measured",
+    "speedup_predicted", "speedup_measured", "size_bytes", "parity_max_abs_diff", "parity_top1_agreement", "file",
+]
+
+
+def write_index(out: Path, study: Study, cards: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """``index.json`` (one summary row per device, pointing at its folder) and ``index.md``."""
+    rows = []
+    for device, card in cards.items():
+        row = {k: card.get(k) for k in INDEX_COLUMNS}
+        row["parity_max_abs_diff"] = card["parity"]["max_abs_diff"]
+        row["parity_top1_agreement"] = card["parity"]["top1_agreement"]
+        row["file"] = f"{device}/{card['file']}"
+        row["model_card"] = f"{device}/model_card.json"
+        if card.get("quantized"):
+            quant = card["quantized"]
+            row["int8"] = {"file": f"{device}/{quant['file']}", "accuracy": quant["accuracy"], "size_bytes": quant["size_bytes"], "latency_ms_measured": quant["latency_ms_measured"]}
+        rows.append(row)
+    index = {"study": str(study.path), "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "models": rows}
+    (out / INDEX_FILE).write_text(json.dumps(index, indent=2))
+
+    def fmt(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value))
+
+    lines = [f"# Exported models of {study.path}", "", "| " + " | ".join(INDEX_COLUMNS) + " |", "|" + "---|" * len(INDEX_COLUMNS)]
+    lines += ["| " + " | ".join(fmt(row[c]) for c in INDEX_COLUMNS) + " |" for row in rows]
+    quantized = [row for row in rows if "int8" in row]
+    if quantized:
+        lines += ["", "int8 files: " + ", ".join(f"{r['int8']['file']} (accuracy {r['int8']['accuracy']:.4g})" for r in quantized)]
+    (out / "index.md").write_text("\n".join(lines) + "\n")
+    return index
