@@ -45,4 +45,5 @@ def apply_plan(
             granularity.apply(ctx, unit, choice.pruning_ratio, choice.criterion, multiple)
         except Exception as err:
             raise AutopruneError(f"applying {choice.granularity} pruning to unit {unit.name!r} failed: {err}") from err
+    ctx.close()
     return pruned

@@ -43,8 +43,9 @@ class PruneContext:
 
     The dependency graph is built lazily, once, on the first channel granularity; a
     granularity that changes the model outside Torch-Pruning calls :meth:`changed` so the
-    graph is rebuilt. Gradients for Taylor scores come from ``calibration`` and are
-    recomputed after every structural change.
+    graph is rebuilt. Gradients for Taylor scores come from ``calibration``, computed once
+    when first needed (one-shot Taylor) and sliced along with the weights by every
+    structural change; :meth:`close` drops them.
     """
 
     model: nn.Module
@@ -73,10 +74,12 @@ class PruneContext:
         """The unit's layers still in the model (a removed block takes its layers with it)."""
         return [name for name in unit.layers if self.has_layer(name)]
 
-    def changed(self, graph: bool = True) -> None:
-        """The model's structure changed: drop gradients, and the graph unless Torch-Pruning did it."""
-        if graph:
-            self._graph = None
+    def changed(self) -> None:
+        """The model's structure changed outside Torch-Pruning: rebuild the graph when next needed."""
+        self._graph = None
+
+    def close(self) -> None:
+        """Drop the calibration gradients (the pruned model leaves without ``.grad``)."""
         if self._gradients:
             self.model.zero_grad(set_to_none=True)
             self._gradients = False
@@ -236,7 +239,6 @@ def _channel(ctx: PruneContext, unit: Unit, ratio: float, criterion: str, multip
     scores = channel_scores(ctx, unit, criterion, group)
     idxs = torch.argsort(scores)[:n_remove].tolist()
     ctx.graph.get_pruning_group(root, handler, idxs=idxs).prune()
-    ctx.changed(graph=False)
 
 
 @register_granularity("neuron", structural=True, description="remove whole neurons (output features) of linear layers, e.g. a transformer's FFN", kinds=("linear",))

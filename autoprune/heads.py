@@ -71,14 +71,21 @@ def _shrink_linear(layer: nn.Linear, idx: torch.Tensor, dim: int) -> None:
     """Keep rows (``dim=0``, outputs) or columns (``dim=1``, inputs) ``idx`` of a linear layer, in place."""
     if hasattr(layer, "weight_orig"):
         raise AutopruneError("a masked layer cannot lose heads: fold its masks first (autoprune.granularity.fold_masks)")
-    with torch.no_grad():
-        layer.weight = nn.Parameter(layer.weight.index_select(dim, idx).clone())
-        if dim == 0 and layer.bias is not None:
-            layer.bias = nn.Parameter(layer.bias.index_select(0, idx).clone())
+    layer.weight = _select(layer.weight, dim, idx)
+    if dim == 0 and layer.bias is not None:
+        layer.bias = _select(layer.bias, 0, idx)
     if dim == 0:
         layer.out_features = len(idx)
     else:
         layer.in_features = len(idx)
+
+
+def _select(param: nn.Parameter, dim: int, idx: torch.Tensor) -> nn.Parameter:
+    """A new parameter of the entries ``idx`` along ``dim``, its gradient sliced alike (for Taylor scores)."""
+    new = nn.Parameter(param.detach().index_select(dim, idx).clone(), requires_grad=param.requires_grad)
+    if param.grad is not None:
+        new.grad = param.grad.index_select(dim, idx).clone()
+    return new
 
 
 def _head_scores(ctx: PruneContext, projections: list[nn.Linear], output: nn.Linear, heads: int, size: int, criterion: str) -> torch.Tensor:
@@ -165,6 +172,13 @@ class PrunedMultiheadAttention(nn.Module):
             new.out_proj.weight.copy_(mha.out_proj.weight)
             if bias:
                 new.out_proj.bias.copy_(mha.out_proj.bias)
+        if mha._qkv_same_embed_dim and mha.in_proj_weight.grad is not None:  # keep calibration gradients for Taylor scores
+            for proj, grad in zip((new.q_proj, new.k_proj, new.v_proj), mha.in_proj_weight.grad.split(e)):
+                proj.weight.grad = grad.clone()
+            new.out_proj.weight.grad = None if mha.out_proj.weight.grad is None else mha.out_proj.weight.grad.clone()
+            if bias and mha.in_proj_bias.grad is not None:
+                for proj, grad in zip((new.q_proj, new.k_proj, new.v_proj), mha.in_proj_bias.grad.split(e)):
+                    proj.bias.grad = grad.clone()
         return new.train(mha.training)
 
     def keep_heads(self, keep: list[int]) -> None:
