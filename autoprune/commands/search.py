@@ -11,11 +11,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout-s", type=float, help="override budget.timeout_s")
     p.add_argument("--study-dir", help="override study_dir")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--storage", help="Optuna storage URL for the study (e.g. postgresql://host/db); default SQLite in study_dir")
+    p.add_argument("--resume", action="store_true", help="continue the study in study_dir (an error if there is none)")
+    p.add_argument("--backend", choices=["local", "ray"], default="local", help="run trials in this process (default) or on a Ray cluster")
+    ray = p.add_argument_group("Ray (with --backend ray)")
+    ray.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: start a local one)")
+    ray.add_argument("--max-concurrent", type=int, help="trials in flight (default: as many as the cluster's CPUs fit)")
+    ray.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial, also its torch threads (default 1)")
+    ray.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs reserved per trial (default 0)")
+    ray.add_argument("--max-retries", type=int, default=3, help="re-runs of a trial whose worker or node died (default 3)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config
+    from ..errors import AutopruneError
     from ..executor import run_study
     from ..front import front
 
@@ -24,8 +34,24 @@ def run(args: argparse.Namespace) -> int:
         overrides["study_dir"] = args.study_dir
     if args.trials is not None or args.timeout_s is not None:
         overrides["budget"] = {"trials": args.trials, "timeout_s": args.timeout_s}
+    if args.storage:
+        overrides["storage"] = args.storage
     config = load_config(args.config, **overrides)
-    study = run_study(config, progress=not args.no_progress)
+    if args.resume:
+        from ..study import Study
+
+        Study(config.study_dir).require()
+    if args.backend == "ray":
+        from ..ray_executor import RayOptions, run_study_ray
+
+        options = RayOptions(args.address, args.max_concurrent, args.cpus_per_trial, args.gpus_per_trial, args.max_retries)
+        study = run_study_ray(config, options, progress=not args.no_progress)
+    else:
+        given = [f for f in ("address", "max_concurrent") if getattr(args, f) is not None]
+        given += [f for f, default in (("cpus_per_trial", 1.0), ("gpus_per_trial", 0.0), ("max_retries", 3)) if getattr(args, f) != default]
+        if given:
+            raise AutopruneError(f"--{given[0].replace('_', '-')} needs --backend ray")
+        study = run_study(config, progress=not args.no_progress)
     table = front(study)
     print(f"Pareto front of {config.name} ({len(study.records())} trials, study in {study.path}):")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}") if len(table) else "(empty: no complete trial)")

@@ -1,0 +1,221 @@
+"""Studies on a real Ray cluster started here (a head and a second node), with faults:
+a worker process killed mid-trial, the driver killed and resumed, a node leaving."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autoprune.study import Study
+from autoprune.trial import COMPLETE, STOPPED
+from tests.conftest import write_config
+
+pytest.importorskip("ray")
+pytestmark = pytest.mark.ray
+
+RAY = Path(sys.executable).with_name("ray")
+TRIAL_TITLE = "ray::trial_task"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        table[int(entry.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmdline)
+    return table
+
+
+def descendants(roots: list[int]) -> list[int]:
+    table = process_table()
+    found, frontier = [], list(roots)
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, (ppid, _) in table.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
+
+
+class Cluster:
+    """A Ray cluster of this test run: `ray start --block` processes, one per node, stopped by
+    killing exactly the processes they started (never `ray stop`, which stops every cluster
+    of the machine)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.nodes: list[subprocess.Popen] = []
+        self.env = {
+            **os.environ,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_AUTH_MODE": "disabled",  # a loopback test cluster; no token written to the home folder
+            "RAY_health_check_period_ms": "1000",
+            "RAY_health_check_failure_threshold": "3",
+        }
+
+    def start_node(self, num_cpus: int = 1, head: bool = False) -> subprocess.Popen:
+        ports = ["--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(free_port())]
+        where = ["--head", "--port", str(self.port), "--include-dashboard", "false"] if head else ["--address", self.address]
+        cmd = [str(RAY), "start", "--block", *where, "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus), "--temp-dir", str(self.root), "--disable-usage-stats", *ports]
+        log = open(self.root / f"node{len(self.nodes)}.log", "w")
+        node = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.nodes.append(node)
+        return node
+
+    def wait_for(self, n_nodes: int, timeout: float = 90) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            out = subprocess.run([str(RAY), "status", "--address", self.address], env=self.env, capture_output=True, text=True)
+            if out.returncode == 0 and out.stdout.count("node_") >= n_nodes and "Pending:\n (no pending nodes)" in out.stdout:
+                return
+            if any(node.poll() is not None for node in self.nodes):
+                break
+            time.sleep(1)
+        logs = "\n".join(p.read_text()[-2000:] for p in self.root.glob("node*.log"))
+        raise RuntimeError(f"Ray cluster at {self.address} did not come up with {n_nodes} nodes:\n{logs}")
+
+    def trial_workers(self, node: subprocess.Popen | None = None) -> list[int]:
+        """Worker processes of this cluster (or of one node) running a trial now."""
+        table = process_table()
+        roots = [node.pid] if node else [n.pid for n in self.nodes]
+        return [pid for pid in descendants(roots) if table.get(pid, (0, ""))[1].startswith(TRIAL_TITLE)]
+
+    def kill_node(self, node: subprocess.Popen) -> None:
+        pids = descendants([node.pid])
+        for pid in [node.pid, *pids]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        node.wait()
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            self.kill_node(node)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A head and a second node, 1 CPU each, on this machine."""
+    c = Cluster(tmp_path_factory.mktemp("ray"))
+    try:
+        c.start_node(head=True)
+        c.start_node()
+        c.wait_for(2)
+        yield c
+    finally:
+        c.stop()
+
+
+def search(config: Path, cluster: Cluster, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "autoprune.cli", "search", str(config), "--backend", "ray", "--address", cluster.address, "--no-progress", *extra]
+
+
+def start_driver(cmd: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"})
+
+
+def finish(driver: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    assert driver.wait(timeout) == 0, log.read_text()[-3000:]
+
+
+def wait_until(condition, driver: subprocess.Popen, log: Path, timeout: float = 120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        assert driver.poll() is None, f"the driver ended before the fault was injected:\n{log.read_text()[-3000:]}"
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting; driver log:\n{log.read_text()[-3000:]}")
+
+
+def optuna_states(study_dir: Path) -> list[str]:
+    trials = optuna.load_study(study_name="tiny", storage=Study(study_dir).optuna_storage).trials
+    return sorted(t.state.name for t in trials)
+
+
+def test_killed_worker_is_retried_and_the_budget_is_met(cluster, tmp_path):
+    config = write_config(tmp_path, budget={"trials": 6}, finetune={"epochs": 1.5, "batch_size": 64}, stopping={"rungs": [0.3]})
+    log = tmp_path / "driver.log"
+    driver = start_driver(search(config, cluster, "--max-concurrent", "2", "--max-retries", "2"), log)
+    records_file = tmp_path / "study" / "trials.jsonl"
+    victim = wait_until(lambda: records_file.exists() and cluster.trial_workers(), driver, log)[0]
+    os.kill(victim, signal.SIGKILL)
+    finished_before = len(Study(tmp_path / "study").records())
+    finish(driver, log)
+
+    records = Study(tmp_path / "study").records()
+    assert finished_before < 6, "the kill should land mid-study"
+    assert sorted(r.number for r in records) == list(range(6))
+    assert all(r.state in (COMPLETE, STOPPED) for r in records), [r.error for r in records]
+    # the dense model and data reach each worker process once, not once per trial
+    fetched = sum("context_s" in r.timings for r in records)
+    assert 1 <= fetched <= 3 < 6 - sum(r.cached for r in records)
+    reports = [json.loads(line) for line in (tmp_path / "study" / "reports.jsonl").read_text().splitlines()]
+    ran = {(r.number, r.plan_key) for r in records if not r.cached}
+    assert {(p["number"], p["plan_key"]) for p in reports} == ran
+    assert all(r.finetune_steps == p["step"] for r in records for p in reports if r.state == STOPPED and p["number"] == r.number)
+    assert optuna_states(tmp_path / "study").count("RUNNING") == 0
+
+
+def test_killed_driver_resumes_without_losing_or_repeating_a_trial(cluster, tmp_path):
+    config = write_config(tmp_path, budget={"trials": 8}, finetune={"epochs": 2.0, "batch_size": 64})
+    log = tmp_path / "driver.log"
+    cmd = search(config, cluster, "--max-concurrent", "2")
+    driver = start_driver(cmd, log)
+    study = Study(tmp_path / "study")
+    wait_until(lambda: len(study.records()) >= 2 and cluster.trial_workers(), driver, log)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    before = study.records()
+    assert 2 <= len(before) < 8
+
+    resumed = start_driver(cmd + ["--resume"], tmp_path / "resumed.log")
+    finish(resumed, tmp_path / "resumed.log")
+    after = study.records()
+    assert sorted(r.number for r in after) == list(range(8))
+    assert [r.to_dict() for r in after[: len(before)]] == [r.to_dict() for r in before]
+    assert len({r.trial_id for r in after}) == 8
+    # the results file and the Optuna study agree: every record is a finished Optuna trial, nothing left running
+    trials = {t.number: t for t in optuna.load_study(study_name="tiny", storage=study.optuna_storage).trials}
+    assert all(trials[r.trial_id].state.name == "COMPLETE" and list(trials[r.trial_id].values)[0] == r.accuracy for r in after if r.state == COMPLETE)
+    others = [t for n, t in trials.items() if n not in {r.trial_id for r in after}]
+    assert all(t.state.name == "FAIL" for t in others)  # the runs the kill cut short, re-enqueued
+    assert len(others) <= 2
+
+
+def test_trials_of_a_node_that_leaves_are_rescheduled(cluster, tmp_path):
+    extra = cluster.start_node()
+    cluster.wait_for(3)
+    config = write_config(tmp_path, budget={"trials": 4}, finetune={"epochs": 1.5, "batch_size": 64})
+    log = tmp_path / "driver.log"
+    driver = start_driver(search(config, cluster, "--max-concurrent", "3"), log)
+    wait_until(lambda: cluster.trial_workers(extra), driver, log)
+    cluster.kill_node(extra)
+    finish(driver, log)
+    records = Study(tmp_path / "study").records()
+    assert sorted(r.number for r in records) == list(range(4))
+    assert all(r.state == COMPLETE for r in records), [r.error for r in records]
