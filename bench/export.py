@@ -1,0 +1,231 @@
+"""Exported front members vs the dense model, per built-in CNN and device, and how well the
+search's short fine-tune ranks members for the export's longer one. Run:
+
+    python -m bench.export [--trials 24] [--models resnet20 mobilenetv2]
+
+For each model (task ``fashion-mnist``) it runs, or resumes, a study on ``onnxruntime-cpu``
+and ``tflite`` (channel pruning, NSGA-II, a short fine-tune per trial) under
+``runs/bench-export/MODEL``; then exports every Pareto-front member of each device with
+the longer export fine-tune (each plan fine-tuned once, shared by the devices), measures
+it on the device beside the dense model (alternating rounds), and reports:
+
+* dense vs the members nearest 1.5x, 2x and 3x predicted speedup: accuracy, file size,
+  predicted and measured latency, and the realised/predicted speedup ratio;
+* Kendall's tau between the members' short-fine-tune accuracy and their accuracy after
+  the export fine-tune, per device and over the union of members.
+
+Writes bench/results/export.md, export.csv (every exported member) and export.json (the
+studies); rows of models not named in a run are kept, so models can be run separately. The
+studies stay in runs/, so a second run only adds the missing trials.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from scipy.stats import kendalltau
+
+from autoprune.config import load_config
+from autoprune.executor import run_study
+from autoprune.export import ExportRequest, Exporter
+from autoprune.front import device_front
+
+from .machine import machine_markdown
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+DEVICES = ["onnxruntime-cpu", "tflite"]
+TARGETS = [1.5, 2.0, 3.0]
+
+
+def study_config(model: str, args: argparse.Namespace) -> Path:
+    """The study's YAML under the work folder (written once; later runs resume it)."""
+    work = Path(args.work) / model
+    work.mkdir(parents=True, exist_ok=True)
+    config = {
+        "name": f"bench-export-{model}",
+        "task": args.task,
+        "task_options": {"model": model},
+        "search_space": str(ROOT / "search_spaces" / "cnn_channel.yaml"),
+        "devices": DEVICES,
+        "latency": args.latency,
+        "controller": "nsga2",
+        "controller_options": {"population_size": 8},
+        "budget": {"trials": args.trials},
+        "finetune": {"epochs": 1, "max_steps": args.search_steps, "batch_size": 64, "lr": 0.01},
+        "export": {"finetune": {"epochs": 1, "max_steps": args.export_steps, "batch_size": 64, "lr": 0.01}},
+        "study_dir": str(work / "study"),
+        "seed": 0,
+    }
+    path = work / "config.yaml"
+    path.write_text(json.dumps(config, indent=2))  # JSON is valid YAML
+    return path
+
+
+def nearest(members: list[Any], device: str, dense_ms: float, target: float) -> Any:
+    """The front member whose predicted speedup is nearest ``target`` (in log ratio)."""
+    return min(members, key=lambda m: abs(math.log(dense_ms / m.latency_ms[device] / target)))
+
+
+def bench_model(model: str, args: argparse.Namespace, log) -> tuple[list[dict], dict]:
+    config = load_config(study_config(model, args))
+    begun = t = time.perf_counter()
+    study = run_study(config, progress=False)
+    search_s = time.perf_counter() - t
+    records = study.records()
+    baseline = study.baseline()
+    log(f"{model}: study of {len(records)} trials ready ({search_s:.0f} s this run); dense accuracy {baseline['accuracy']:.4f}")
+    exporter = Exporter(study)
+    out_root = Path(args.work) / model / "exports"
+    rows = []
+    for device in DEVICES:
+        members = device_front(records, device)
+        dense_ms = baseline["latency_ms"][device]
+        chosen = {m.number: [] for m in members}
+        for target in TARGETS:
+            chosen[nearest(members, device, dense_ms, target).number].append(target)
+        for member in members:
+            t = time.perf_counter()
+            card = exporter.export(ExportRequest(device, max_latency_ms=member.latency_ms[device]), out_root / device / f"trial{member.number}")
+            assert card["trial"] == member.number, (card["trial"], member.number)
+            rows.append(
+                {
+                    "model": model,
+                    "device": device,
+                    "trial": member.number,
+                    "targets": "/".join(f"{x:g}x" for x in chosen[member.number]),
+                    "accuracy_dense": baseline["accuracy"],
+                    "accuracy_search": card["accuracy_search"],
+                    "accuracy_export": card["accuracy"],
+                    "size_bytes": card["size_bytes"],
+                    "size_bytes_dense": card["size_bytes_dense"],
+                    "latency_ms_predicted": card["latency_ms_predicted"],
+                    "latency_ms_measured": card["latency_ms_measured"],
+                    "latency_ms_dense_predicted": card["latency_ms_dense"],
+                    "latency_ms_dense_measured": card["latency_ms_dense_measured"],
+                    "speedup_predicted": card["speedup_predicted"],
+                    "speedup_measured": card["speedup_measured"],
+                    "realised_over_predicted": card["speedup_realised_over_predicted"],
+                    "parity_max_abs_diff": card["parity"]["max_abs_diff"],
+                    "parity_top1": card["parity"]["top1_agreement"],
+                    "params": card["params"],
+                    "macs": card["macs"],
+                    "latency_method": baseline.get("latency_method", {}).get(device, ""),
+                }
+            )
+            log(f"  {device} trial {member.number}: predicted {card['speedup_predicted']:.2f}x, measured {card['speedup_measured']:.2f}x, "
+                f"accuracy {card['accuracy_search']:.4f} -> {card['accuracy']:.4f} ({time.perf_counter() - t:.0f} s)")
+    meta = {"trials": len(records), "search_s_this_run": search_s, "wall_s": time.perf_counter() - begun, "dense_accuracy": baseline["accuracy"], "latency_method": baseline.get("latency_method")}
+    return rows, meta
+
+
+def tau(df: pd.DataFrame) -> tuple[float, float, int]:
+    if len(df) < 3:
+        return float("nan"), float("nan"), len(df)
+    result = kendalltau(df.accuracy_search, df.accuracy_export)
+    return float(result.statistic), float(result.pvalue), len(df)
+
+
+def write_report(df: pd.DataFrame, metas: dict, args: argparse.Namespace, machine: str, wall_s: float) -> None:
+    df.to_csv(RESULTS / "export.csv", index=False)
+    f = lambda v, d=4: "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}g}"  # noqa: E731
+    lines = [
+        "# Exported front members per device",
+        "",
+        f"Recipe: task {args.task}"
+        + (" (60k train, 2k validation images)" if args.task == "fashion-mnist" else "")
+        + ", search space cnn_channel.yaml (channel pruning, ratios 0..0.8), "
+        f"NSGA-II (population 8), {args.trials} trials per model on devices {', '.join(DEVICES)} (batch 1, one thread); "
+        f"trial fine-tune {args.search_steps} SGD steps of batch 64, export fine-tune {args.export_steps} steps; latency `{args.latency}`. "
+        f"Every front member of each device was exported; measured latencies come from the device backend, alternating 3 rounds with the dense model exported the same way. "
+        "Wall times per model are under Studies (the machine is shared: see its load below).",
+        "",
+        "Command: `python -m bench.export " + " ".join(f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}" for k, v in vars(args).items()) + "`",
+        "",
+        "## Machine",
+        "",
+        machine,
+        "",
+        "## Dense vs members near 1.5x / 2x / 3x predicted speedup",
+        "",
+        "| model | device | member | accuracy (search → export) | size KiB | latency ms predicted | latency ms measured | speedup predicted | speedup measured | realised / predicted |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (model, device), part in df.groupby(["model", "device"], sort=False):
+        first = part.iloc[0]
+        lines.append(
+            f"| {model} | {device} | dense | {f(first.accuracy_dense)} | {f(first.size_bytes_dense / 1024, 3)} | {f(first.latency_ms_dense_predicted)} | "
+            f"{f(part.latency_ms_dense_measured.median())} (median over exports) | 1 | 1 | |"
+        )
+        for _, r in part[part.targets != ""].iterrows():
+            lines.append(
+                f"| {model} | {device} | trial {r.trial} (≈{r.targets}) | {f(r.accuracy_search)} → {f(r.accuracy_export)} | {f(r.size_bytes / 1024, 3)} | "
+                f"{f(r.latency_ms_predicted)} | {f(r.latency_ms_measured)} | {f(r.speedup_predicted, 3)}x | {f(r.speedup_measured, 3)}x | {f(r.realised_over_predicted, 3)} |"
+            )
+    lines += [
+        "",
+        "## Does the short fine-tune rank members like the export fine-tune? (Kendall's tau)",
+        "",
+        "| model | members | tau | p-value |",
+        "|---|---|---|---|",
+    ]
+    for model, part in df.groupby("model", sort=False):
+        for device, dpart in part.groupby("device", sort=False):
+            t, p, n = tau(dpart)
+            lines.append(f"| {model} / {device} front | {n} | {f(t, 3)} | {f(p, 2)} |")
+        t, p, n = tau(part.drop_duplicates("trial"))
+        lines.append(f"| {model} / union of fronts | {n} | {f(t, 3)} | {f(p, 2)} |")
+    lines += [
+        "",
+        "## Studies",
+        "",
+        *[f"- {model}: {m['trials']} trials, dense accuracy {m['dense_accuracy']:.4f}, latency method {m['latency_method']}, search time {m['search_s_this_run'] / 60:.1f} min and total {m['wall_s'] / 60:.1f} min in its last run" for model, m in metas.items()],
+        "",
+        "Every exported member passed parity (max |ONNX/LiteRT - PyTorch| "
+        f"≤ {f(df.parity_max_abs_diff.max(), 2)}, top-1 agreement ≥ {f(df.parity_top1.min(), 3)}). All members: export.csv.",
+    ]
+    (RESULTS / "export.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="fashion-mnist")
+    parser.add_argument("--models", nargs="+", default=["resnet20", "mobilenetv2"])
+    parser.add_argument("--trials", type=int, default=24)
+    parser.add_argument("--search-steps", type=int, default=100, help="fine-tune steps per trial")
+    parser.add_argument("--export-steps", type=int, default=400, help="fine-tune steps per exported member")
+    parser.add_argument("--latency", choices=["auto", "lut", "measured"], default="measured", help="the studies' latency estimator")
+    parser.add_argument("--work", default=str(ROOT / "runs" / "bench-export"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    machine = machine_markdown()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    log = lambda msg: print(f"[{(time.perf_counter() - started) / 60:6.1f} min] {msg}", flush=True)  # noqa: E731
+    rows, metas = previous(args.models)
+    for model in args.models:
+        model_rows, metas[model] = bench_model(model, args, log)
+        rows = rows[rows.model != model] if len(rows) else rows
+        rows = pd.concat([rows, pd.DataFrame(model_rows)], ignore_index=True)
+        (RESULTS / "export.json").write_text(json.dumps(metas, indent=2))
+        write_report(rows, metas, args, machine, time.perf_counter() - started)
+        log(f"wrote {RESULTS / 'export.md'}")
+
+
+def previous(models: list[str]) -> tuple[pd.DataFrame, dict]:
+    """Rows and study notes of models benchmarked by earlier runs (one model per run is allowed)."""
+    csv, notes = RESULTS / "export.csv", RESULTS / "export.json"
+    rows = pd.read_csv(csv, keep_default_na=False, na_values=[""]) if csv.exists() else pd.DataFrame()
+    metas = json.loads(notes.read_text()) if notes.exists() else {}
+    if len(rows):
+        rows["targets"] = rows["targets"].fillna("")
+    return rows, {k: v for k, v in metas.items() if k in set(rows.model) - set(models)} if len(rows) else {}
+
+if __name__ == "__main__":
+    main()
