@@ -115,7 +115,7 @@ def test_rl_state_action_and_greedy_policy():
     space = toy_space()
     agent = CONTROLLERS.get("rl")(space, toy_objectives(), warm_start=3, updates=16, hidden=16)
     assert agent.action_dims == 1 + 2 + 2  # ratio, two granularity scores, two criterion scores
-    assert agent.state_dims == 12 + 2 * len(space)  # plan so far holds ratio and granularity per unit
+    assert agent.state_dims == 13 + 2 * len(space)  # plan so far holds ratio and granularity per unit
     run_toy(agent, space, 10)
     for budget in (0.3, 1.0):
         assert violations(agent.greedy_plan(budget), space) == []

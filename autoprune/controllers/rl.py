@@ -31,8 +31,11 @@ GOLDEN = (math.sqrt(5) - 1) / 2
 
 #: Columns of the per-unit state before the plan-so-far block.
 STATIC = ("position", "is_linear", "channels", "layers", "consumers", "ratio_low", "ratio_high", "options")
-DYNAMIC = ("reduced", "rest", "previous_ratio", "budget")
+DYNAMIC = ("reduced", "rest", "previous_ratio", "budget", "anchor")
 BUDGET = len(STATIC) + DYNAMIC.index("budget")
+ANCHOR = len(STATIC) + DYNAMIC.index("anchor")
+#: Where the anchor curve (cost fraction against mean normalised ratio) is tabulated.
+ANCHOR_GRID = np.linspace(0.0, 1.0, 101)
 
 
 @dataclass
@@ -44,8 +47,9 @@ class Episode:
     without a penalty.
     """
 
-    states: torch.Tensor  # (units, features), budget column left at 0
-    actions: torch.Tensor  # (units, action dims)
+    states: torch.Tensor  # (units, features), budget and anchor columns left at 0
+    actions: torch.Tensor  # (units, action dims), ratio entry filled in per budget when replayed
+    ratios: torch.Tensor  # (units,) each unit's ratio, normalised to its rule's range
     quality: float
     costs: np.ndarray
     budget: Optional[float]
@@ -66,15 +70,23 @@ class RLController(Controller):
     model's largest); its rule's ratio range and number of granularity options; the share
     of the model's channel-weight already removed by the earlier units (``reduced``, with
     weights ``channels x (layers + consumers)``) and the share still to decide (``rest``);
-    the previous unit's ratio; the episode's budget ``b``; and the plan so far (the ratio,
-    and granularity where there are several, of every earlier unit, zeros after), which
-    makes the state Markov.
+    the previous unit's ratio; the episode's budget ``b`` and its anchor ``m(b)`` (below);
+    and the plan so far (the ratio, and granularity where there are several, of every
+    earlier unit, zeros after), which makes the state Markov.
 
-    **Action** in ``[0, 1]^d``: the first entry maps linearly to the unit's ratio range and
-    is snapped to its grid; where a rule offers several granularities (or criteria), one
-    score per option follows and the highest wins. Exploration adds truncated Gaussian noise
-    of scale ``noise``, multiplied by ``noise_decay`` every episode after the warm start
-    (AMC: 0.5 and 0.95). The executed (snapped) action is what the agent learns from.
+    **Action** in ``[0, 1]^d``. The first entry is the unit's ratio as a deviation from
+    the budget's *anchor*: the unit's position in its ratio range is
+    ``m(b) + (a - 0.5) * 2 * spread`` (clipped to the range, snapped to the grid), where
+    ``m(b)`` is the mean normalised ratio that a plan needs to reach cost fraction ``b``,
+    read off a quadratic fit of cost fraction against mean ratio over every evaluated plan.
+    So an untrained agent already proposes plans near the budget (uniform pruning plus
+    noise) and learning decides which units give up more or fewer channels; this plays the
+    part of AMC's action clipping, which keeps every episode within the constraint, without
+    needing a cost model of each layer. Where a rule offers several granularities (or
+    criteria), one score per option follows and the highest wins. Exploration adds truncated
+    Gaussian noise of scale ``noise``, multiplied by ``noise_decay`` every episode after
+    the warm start (AMC: 0.5 and 0.95). The executed (snapped) action is what the agent
+    learns from.
 
     **Reward**, given once at the end of the episode (discount 1, as in AMC): the budget
     ``b`` is a fraction of every cost objective (latency per device, and params or MACs if
@@ -123,6 +135,7 @@ class RLController(Controller):
         noise_decay: float = 0.95,
         penalty: float = 4.0,
         relabel: float = 0.5,
+        spread: float = 0.5,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -138,6 +151,7 @@ class RLController(Controller):
             ("noise_decay", noise_decay, 0 < noise_decay <= 1, "in (0, 1]"),
             ("penalty", penalty, penalty >= 0, ">= 0"),
             ("relabel", relabel, 0 <= relabel <= 1, "in [0, 1]"),
+            ("spread", spread, 0 < spread <= 1, "in (0, 1]"),
         ):
             if not ok:
                 raise ConfigError(f"controller_options.{key}: must be {rule}, but got {key}={value!r}")
@@ -145,7 +159,7 @@ class RLController(Controller):
             raise ConfigError("objectives: the rl controller needs one maximised objective (accuracy)")
         self.warm_start, self.noise, self.noise_decay = warm_start, noise, noise_decay
         self.tau, self.batch_size, self.updates = tau, batch_size, updates
-        self.penalty, self.relabel = penalty, relabel
+        self.penalty, self.relabel, self.spread = penalty, relabel, spread
         self._quality = next(o for o in self.objectives if o.direction == "maximize")
         self._costs = [o for o in self.objectives if o.direction == "minimize"]
         self._units = list(self.space)
@@ -200,10 +214,10 @@ class RLController(Controller):
         if not usable(result, self.objectives):
             return
         choices = complete_plan(proposal.plan, self.space)
-        states, actions = self._encode(choices)
+        states, actions, ratios = self._encode(choices)
         quality = float(self._quality.value(result))
         costs = np.array([o.value(result) for o in self._costs], dtype=float)
-        self._episodes.append(Episode(states, actions, quality, costs, budget))
+        self._episodes.append(Episode(states, actions, ratios, quality, costs, budget))
         self._train()
 
     def resume(self, records: Sequence[TrialResult]) -> None:
@@ -223,27 +237,35 @@ class RLController(Controller):
         low = self._budget_floor()
         return low + (1.0 - low) * ((self._offset + GOLDEN * trial_id) % 1.0)
 
+    def anchor(self, budget: float) -> float:
+        """The mean normalised ratio a plan needs to reach cost fraction ``budget`` (see the class docstring)."""
+        curve = self._anchor_curve()
+        return float(_lookup(torch.as_tensor(curve), torch.tensor([budget], dtype=torch.float64))[0])
+
     def greedy_plan(self, budget: float) -> Plan:
         """The plan the actor picks, without noise, for a cost fraction ``budget`` of the dense model."""
         return self._rollout(budget, 0.0, np.random.default_rng(0))
 
     def _rollout(self, budget: float, sigma: float, rng: np.random.Generator) -> Plan:
         choices: dict[str, UnitChoice] = {}
-        dynamic = _Walk(self._static, self._units, self._granularities > 1)
+        anchor = self.anchor(budget)
+        walk = _Walk(self._static, self._units, self._granularities > 1)
         for t, name in enumerate(self._units):
-            state = torch.as_tensor(dynamic.state(t, budget), dtype=torch.float32)
+            us = self.space[name]
+            state = torch.as_tensor(walk.state(t, budget, anchor), dtype=torch.float32)
             with torch.no_grad():
                 mean = self.actor(state[None])[0].numpy().astype(float)
             action = _truncated_normal(mean, sigma, rng) if sigma > 0 else mean
-            choice = self._decode(self.space[name], action)
+            choice = self._decode(us, action, anchor)
             choices[name] = choice
-            dynamic.step(t, self._ratio_action(self.space[name], choice), self._granularity_code(self.space[name], choice))
+            walk.step(t, _normalised(us, choice), self._granularity_code(us, choice))
         return Plan.from_dict(choices)
 
-    def _decode(self, us: UnitSpace, action: np.ndarray) -> UnitChoice:
+    def _decode(self, us: UnitSpace, action: np.ndarray, anchor: float) -> UnitChoice:
         rule = us.rule
         r = rule.pruning_ratio
-        ratio = snap_ratio(rule, r.low + float(action[0]) * (r.high - r.low))
+        position = min(max(anchor + (float(action[0]) - 0.5) * 2 * self.spread, 0.0), 1.0)
+        ratio = snap_ratio(rule, r.low + position * (r.high - r.low))
         at = 1
         granularity = rule.granularities[0]
         if self._granularities > 1:
@@ -254,10 +276,9 @@ class RLController(Controller):
             criterion = rule.criteria[int(np.argmax(action[at : at + len(rule.criteria)]))]
         return UnitChoice(granularity, ratio, criterion)
 
-    def _executed(self, us: UnitSpace, choice: UnitChoice) -> np.ndarray:
-        """The action that yields ``choice`` exactly: normalised ratio, one-hot option scores."""
+    def _options(self, us: UnitSpace, choice: UnitChoice) -> np.ndarray:
+        """The option scores that yield ``choice`` exactly (one-hot); the ratio entry is left at 0."""
         action = np.zeros(self.action_dims)
-        action[0] = self._ratio_action(us, choice)
         at = 1
         if self._granularities > 1:
             action[at + us.rule.granularities.index(choice.granularity)] = 1.0
@@ -266,24 +287,21 @@ class RLController(Controller):
             action[at + us.rule.criteria.index(choice.criterion)] = 1.0
         return action
 
-    @staticmethod
-    def _ratio_action(us: UnitSpace, choice: UnitChoice) -> float:
-        r = us.rule.pruning_ratio
-        return 0.0 if r.high == r.low else (choice.pruning_ratio - r.low) / (r.high - r.low)
-
     def _granularity_code(self, us: UnitSpace, choice: UnitChoice) -> float:
         options = us.rule.granularities
         return options.index(choice.granularity) / max(len(options) - 1, 1)
 
-    def _encode(self, choices: dict[str, UnitChoice]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(self, choices: dict[str, UnitChoice]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         walk = _Walk(self._static, self._units, self._granularities > 1)
-        states, actions = [], []
+        states, actions, ratios = [], [], []
         for t, name in enumerate(self._units):
             us, choice = self.space[name], choices[name]
-            states.append(walk.state(t, 0.0))
-            actions.append(self._executed(us, choice))
-            walk.step(t, self._ratio_action(us, choice), self._granularity_code(us, choice))
-        return torch.as_tensor(np.stack(states), dtype=torch.float32), torch.as_tensor(np.stack(actions), dtype=torch.float32)
+            states.append(walk.state(t, 0.0, 0.0))
+            actions.append(self._options(us, choice))
+            ratios.append(_normalised(us, choice))
+            walk.step(t, ratios[-1], self._granularity_code(us, choice))
+        as_tensor = lambda a: torch.as_tensor(np.stack(a), dtype=torch.float32)  # noqa: E731
+        return as_tensor(states), as_tensor(actions), as_tensor(ratios)
 
     def _is_warm(self, proposal: Proposal) -> bool:
         return proposal.trial_id < self.warm_start and proposal.plan.key in {p.key for p in _spread(uniform_plans(self.space), self.warm_start)}
@@ -294,12 +312,35 @@ class RLController(Controller):
         costs = np.stack([e.costs for e in self._episodes]) if self._episodes else np.ones((1, len(self._costs)))
         return np.maximum(costs.max(axis=0), 1e-12)
 
+    def _fractions(self) -> np.ndarray:
+        """Each episode's cost fraction: its largest cost relative to the references."""
+        if not self._costs:
+            return np.ones(len(self._episodes))
+        return (np.stack([e.costs for e in self._episodes]) / self._references()).max(axis=1)
+
     def _budget_floor(self) -> float:
         """The smallest cost fraction any evaluated plan reached (0.25 before any)."""
         if not self._episodes or not self._costs:
             return 0.25
-        fractions = np.stack([e.costs for e in self._episodes]) / self._references()
-        return float(min(fractions.max(axis=1).min(), 0.99))
+        return float(min(self._fractions().min(), 0.99))
+
+    def _anchor_curve(self) -> np.ndarray:
+        """Predicted cost fraction at each mean normalised ratio of :data:`ANCHOR_GRID`.
+
+        A least-squares quadratic of cost fraction against each evaluated plan's mean
+        normalised ratio (weighted by channel-weight), made non-increasing; before two
+        plans are known, a straight line from 1 (dense) to the budget floor.
+        """
+        floor = self._budget_floor()
+        if len(self._episodes) < 2 or not self._costs:
+            return 1.0 - (1.0 - floor) * ANCHOR_GRID
+        weights = self._static[:, -1] / self._static[:, -1].sum()
+        means = np.array([float(e.ratios.numpy() @ weights) for e in self._episodes])
+        degree = min(2, len(np.unique(np.round(means, 6))) - 1)
+        if degree < 1:
+            return 1.0 - (1.0 - floor) * ANCHOR_GRID
+        coefficients = np.polyfit(means, self._fractions(), degree)
+        return np.minimum.accumulate(np.polyval(coefficients, ANCHOR_GRID))
 
     def _train(self) -> None:
         if self.updates == 0 or len(self._episodes) < 2:
@@ -307,13 +348,15 @@ class RLController(Controller):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + len(self._episodes))
         states = torch.stack([e.states for e in self._episodes])
         actions = torch.stack([e.actions for e in self._episodes])
+        ratios = torch.stack([e.ratios for e in self._episodes])
         refs = self._references()
         costs = torch.as_tensor(np.stack([e.costs for e in self._episodes]) / refs, dtype=torch.float32)
         quality = torch.as_tensor([-math.log(max(1.0 - e.quality, 1e-3)) for e in self._episodes], dtype=torch.float32)
         baseline = quality.mean()
-        achieved = costs.max(dim=1).values if costs.shape[1] else torch.ones(len(self._episodes))
+        achieved = torch.as_tensor(self._fractions(), dtype=torch.float32)
         own = torch.tensor([e.budget if e.budget is not None else float("nan") for e in self._episodes])
         own = torch.where(torch.isnan(own), achieved, own)
+        curve = torch.as_tensor(self._anchor_curve())
         floor = self._budget_floor()
         n_episodes, n_units = states.shape[:2]
         for _ in range(self.updates):
@@ -322,17 +365,19 @@ class RLController(Controller):
             relabelled = torch.rand(self.batch_size, generator=generator) < self.relabel
             drawn = floor + (1.0 - floor) * torch.rand(self.batch_size, generator=generator)
             budget = torch.where(relabelled, drawn, own[episode])
-            state = states[episode, unit].clone()
-            state[:, BUDGET] = budget
+            anchor = _lookup(curve, budget.double()).float()
+            following_unit = torch.clamp(unit + 1, max=n_units - 1)
+            state, following = states[episode, unit].clone(), states[episode, following_unit].clone()
+            for s in (state, following):
+                s[:, BUDGET], s[:, ANCHOR] = budget, anchor
+            action = actions[episode, unit].clone()
+            action[:, 0] = torch.clamp(0.5 + (ratios[episode, unit] - anchor) / (2 * self.spread), 0.0, 1.0)
             last = unit == n_units - 1
-            following = states[episode, torch.clamp(unit + 1, max=n_units - 1)].clone()
-            following[:, BUDGET] = budget
             excess = torch.clamp(costs[episode] / budget[:, None] - 1.0, min=0.0).sum(dim=1)
             reward = quality[episode] - baseline - self.penalty * excess
             with torch.no_grad():
                 bootstrap = self.critic_target(torch.cat([following, self.actor_target(following)], dim=1))[:, 0]
                 target = torch.where(last, reward, bootstrap)
-            action = actions[episode, unit]
             critic_loss = nn.functional.mse_loss(self.critic(torch.cat([state, action], dim=1))[:, 0], target)
             self.critic_optimiser.zero_grad()
             critic_loss.backward()
@@ -358,20 +403,20 @@ class _Walk:
         self.previous = 0.0
         self.reduced = 0.0
 
-    def state(self, t: int, budget: float) -> np.ndarray:
+    def state(self, t: int, budget: float, anchor: float) -> np.ndarray:
         rest = float(self.weights[t + 1 :].sum()) / self.total
-        dynamic = [self.reduced / self.total, rest, self.previous, budget]
+        dynamic = [self.reduced / self.total, rest, self.previous, budget, anchor]
         parts = [self.static[t, : len(STATIC)], dynamic, self.ratios]
         if self.granularity is not None:
             parts.append(self.granularity)
         return np.concatenate(parts)
 
-    def step(self, t: int, ratio_action: float, granularity_code: float) -> None:
-        self.ratios[t] = ratio_action
+    def step(self, t: int, ratio: float, granularity_code: float) -> None:
+        self.ratios[t] = ratio
         if self.granularity is not None:
             self.granularity[t] = granularity_code
-        self.reduced += self.weights[t] * ratio_action
-        self.previous = ratio_action
+        self.reduced += self.weights[t] * ratio
+        self.previous = ratio
 
 
 def _static_features(space: dict[str, UnitSpace]) -> np.ndarray:
@@ -399,6 +444,20 @@ def _static_features(space: dict[str, UnitSpace]) -> np.ndarray:
             ]
         )
     return np.array(rows, dtype=float)
+
+
+def _normalised(us: UnitSpace, choice: UnitChoice) -> float:
+    """The choice's ratio as a position in its rule's range (0 = least, 1 = most pruning)."""
+    r = us.rule.pruning_ratio
+    return 0.0 if r.high == r.low else (choice.pruning_ratio - r.low) / (r.high - r.low)
+
+
+def _lookup(curve: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+    """For each budget, the first grid position whose predicted cost fraction is within it."""
+    grid = torch.as_tensor(ANCHOR_GRID, dtype=torch.float64)
+    within = curve[None, :] <= budget[:, None]
+    first = torch.where(within.any(dim=1), within.double().argmax(dim=1), torch.full_like(budget, len(grid) - 1, dtype=torch.long))
+    return grid[first]
 
 
 def _truncated_normal(mean: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
