@@ -281,3 +281,33 @@ def test_distillation_loss_blends_task_and_teacher():
     torch.testing.assert_close(blended, expected)
     recipe = FinetuneRecipe.model_validate({"max_steps": 3, "batch_size": 16, "distill": {"weight": 0.5, "temperature": 4}})
     assert finetune(student, data(), recipe, distillation_loss(cross_entropy, teacher, recipe.distill)) == 3
+
+
+def test_study_config_turns_on_distillation_and_the_iterative_export(tmp_path):
+    from autoprune.config import load_config
+    from autoprune.context import build_context
+    from autoprune.schedule import prune_for_export
+    from autoprune.trial import prune, run_trial
+    from tests.conftest import write_config
+
+    path = write_config(
+        tmp_path,
+        search_space=str(Path(__file__).resolve().parent.parent / "search_spaces" / "cnn_granularities.yaml"),
+        task_options={"model": "resnet20", "epochs": 1},
+        finetune={"max_steps": 2, "batch_size": 32, "distill": {"weight": 0.5, "temperature": 2.0}},
+        export={"finetune": {"epochs": 0.1}, "iterative": {"steps": 2, "finetune": {"max_steps": 2, "batch_size": 32}}},
+    )
+    config = load_config(path)
+    assert config.finetune.distill.temperature == 2.0 and config.export.iterative.steps == 2
+    ctx = build_context(config)
+    assert ctx.space["blocks"].rule.granularities == ["layer"] and ctx.units["blocks"].kind == "depth"
+    granularities = ["channel", "n:4", "block4x4"]
+    plan = {n: UnitChoice(granularities[i % 3], 0.5, "taylor") for i, n in enumerate(n for n in ctx.units if n != "blocks")}
+    plan = Plan.from_dict({**plan, "blocks": UnitChoice("layer", 0.3, "taylor")})
+    result = run_trial(ctx, plan, 0)
+    assert result.state == "complete" and result.finetune_steps == 2, result.error
+    one_shot, gradual = prune(ctx, plan), prune_for_export(ctx, plan, config.export.iterative, config.seed)
+    for (name, a), (_, b) in zip(one_shot.named_modules(), gradual.named_modules()):
+        if isinstance(a, nn.Conv2d):
+            assert a.weight.shape == b.weight.shape, name
+            assert float((a.weight == 0).float().mean()) == pytest.approx(float((b.weight == 0).float().mean()), abs=0.02), name
