@@ -100,3 +100,44 @@ def test_bundle_round_trip_matches_results_to_models_by_content(tmp_path, tflite
     other.write_bytes(tflite_files[0].read_bytes() + b"\0")
     with pytest.raises(AutopruneError, match="not in the bundle"):
         measure(other)
+
+
+@pytest.fixture(scope="module")
+def agent_url(tmp_path_factory):
+    """A profiling agent started as its own process on loopback, with a token."""
+    import sys
+
+    import autoprune.agent
+
+    proc = subprocess.Popen(
+        [sys.executable, autoprune.agent.__file__, "serve", "--port", "0", "--quiet", "--token", "tok"],
+        cwd=tmp_path_factory.mktemp("agent"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    line = proc.stdout.readline()
+    assert "serving on" in line, proc.stderr.read()[-2000:]
+    yield line.split("serving on ", 1)[1].split()[0]
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_cli_export_measured_through_the_agent(tmp_path, agent_url):
+    import sys
+
+    from autoprune.config import load_config
+    from autoprune.executor import run_study
+    from tests.conftest import write_config
+
+    study = run_study(load_config(write_config(tmp_path, budget={"trials": 1})), progress=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "autoprune.cli", "export", str(study.path), "--device", "onnxruntime-cpu", "--remote", agent_url, "--token", "tok", "--epochs", "0.1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    card = json.loads((study.path / "exports" / "onnxruntime-cpu" / "model_card.json").read_text())
+    assert card["measured_on"] == f"agent at {agent_url}"
+    assert card["latency_ms_measured"] > 0 and card["latency_ms_dense_measured"] > 0
+    bad = subprocess.run(
+        [sys.executable, "-m", "autoprune.cli", "export", str(study.path), "--device", "onnxruntime-cpu", "--remote", agent_url, "--token", "nope", "--epochs", "0"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert bad.returncode == 2 and "answered 401" in bad.stderr and "Traceback" not in bad.stderr

@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         from ..remote import AgentClient, AgentMeasurer, agent_token
 
         client = AgentClient(args.remote, agent_token(args.token))
+        client.info()  # fail now on a wrong URL or token, not after the fine-tune
         request.measurer, request.measured_on = AgentMeasurer(client), f"agent at {args.remote}"
     card = Exporter(Study(args.study), recipe).export(request, args.out)
     summary = {k: card[k] for k in SUMMARY_KEYS}
