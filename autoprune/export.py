@@ -37,7 +37,7 @@ from .latency import batched, deployable
 from .metrics import macs, nonzero_params
 from .plan import Plan
 from .study import Study
-from .trial import TrialContext, TrialResult, prune
+from .trial import TrialContext, TrialResult
 from .training import FinetuneRecipe, finetune
 
 #: ``measure(path, example_input, threads, warmup, repeats)``: a device backend's
@@ -176,12 +176,16 @@ class Exporter:
         return select_member(self.study.records(), request.device, request.max_latency_ms, request.min_accuracy, request.min_speedup, dense)
 
     def tuned(self, member: TrialResult) -> _Tuned:
-        """``member`` rebuilt from the dense model and fine-tuned with the export recipe (cached)."""
+        """``member`` rebuilt from the dense model (one shot, or gradually with ``export.iterative``)
+        and fine-tuned with the export recipe, distilling when it says so (cached per plan)."""
         if member.plan_key not in self._tuned:
+            from .distill import training_loss
+            from .schedule import prune_for_export
+
             task = self.ctx.task
             started = time.perf_counter()
-            model = prune(self.ctx, Plan.from_dict(member.plan))
-            steps = finetune(model, task.train, self.recipe, task.loss, seed=self.config.seed)
+            model = prune_for_export(self.ctx, Plan.from_dict(member.plan), self.config.export.iterative, self.config.seed)
+            steps = finetune(model, task.train, self.recipe, training_loss(task, self.recipe.distill), seed=self.config.seed)
             accuracy = float(task.metric(model, task.val))
             self._tuned[member.plan_key] = _Tuned(model, accuracy, steps, time.perf_counter() - started)
         return self._tuned[member.plan_key]
@@ -241,7 +245,8 @@ class Exporter:
             "size_bytes_dense": None,
             "parity": checks,
             "quantized": None,
-            "finetune": {**self.recipe.model_dump(), "steps": tuned.steps, "seconds": tuned.seconds},
+            "finetune": {**self.recipe.model_dump(mode="json"), "steps": tuned.steps, "seconds": tuned.seconds},
+            "iterative": self.config.export.iterative.model_dump(mode="json") if self.config.export.iterative else None,
         }
         if measure is not None:
             with tempfile.TemporaryDirectory(prefix="autoprune-dense-") as tmp:

@@ -175,7 +175,8 @@ def test_export_all_devices_writes_one_verified_model_per_device_with_an_index(t
     from autoprune.executor import run_study
     from autoprune.export import export_all
 
-    config = load_config(write_config(tmp_path, devices=["onnxruntime-cpu", "tflite"], budget={"trials": 2}))
+    gradual = {"steps": 2, "finetune": {"max_steps": 2, "batch_size": 32}}
+    config = load_config(write_config(tmp_path, devices=["onnxruntime-cpu", "tflite"], budget={"trials": 2}, export={"finetune": {"epochs": 0.5}, "iterative": gradual}))
     study = run_study(config, progress=False)
     out = tmp_path / "deploy"
     index = export_all(study.path, out_dir=out, quantize="static", calibration_samples=32)
@@ -187,6 +188,7 @@ def test_export_all_devices_writes_one_verified_model_per_device_with_an_index(t
         suffix = ".onnx" if device == "onnxruntime-cpu" else ".tflite"
         assert (out / device / f"model{suffix}").stat().st_size == card["size_bytes"]
         assert card["parity"]["max_abs_diff"] < 1e-4 and card["parity"]["top1_agreement"] == 1.0
+        assert card["iterative"]["steps"] == 2  # the study's gradual-pruning setting reached the export
         assert card["latency_ms_measured"] > 0 and card["latency_ms_dense_measured"] > 0 and card["latency_ms_predicted"] > 0
         assert card["speedup_realised_over_predicted"] == pytest.approx(
             (card["latency_ms_dense_measured"] / card["latency_ms_measured"]) / (card["latency_ms_dense"] / card["latency_ms_predicted"])
