@@ -1,0 +1,72 @@
+"""``autoprune lut validate|show``: check a device's latency table against real measurements."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .profile import add_target_arguments, remote_measurer, resolve_target
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lut", help="inspect or validate latency lookup tables")
+    lut = p.add_subparsers(dest="lut_command", required=True, metavar="ACTION")
+
+    v = lut.add_parser(
+        "validate",
+        help="predict random plans from the table, measure them on the device, report the error",
+        description="Draw N random plans from SPACE, predict their latency from the device's table, measure each twice "
+        "on the device, and report MAPE, the share within ±10%% and ±5%%, Kendall's tau and the noise floor.",
+    )
+    add_target_arguments(v)
+    v.add_argument("--n", type=int, default=100, help="random candidates (default 100)")
+    v.add_argument("--seed", type=int, default=12345)
+    v.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds per candidate (default 3)")
+    v.add_argument("--out", help="folder for validation.csv/.json/.png (default: device_profiles/NAME/validation)")
+    v.set_defaults(func=run_validate)
+
+    s = lut.add_parser("show", help="summarise a device's table: rows per op, versions, calibrations")
+    s.add_argument("--device", required=True)
+    s.set_defaults(func=run_show)
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from ..devices import load_device
+    from ..lut.profiler import bind_task
+    from ..lut.validate import validate
+
+    task, options, space, devices = resolve_target(args)
+    target = bind_task(task, space, options)
+    measurer = remote_measurer(args)
+    for name in devices:
+        device = load_device(name)
+        result = validate(
+            device, target.task.model, target.task.example_input, target.units, target.space,
+            n=args.n, seed=args.seed, rounds=args.rounds, measurer=measurer, progress=lambda msg: print(f"  {msg}", flush=True),
+        )
+        result.info.update({"task": target.task.name, "space": target.space_path})
+        out = Path(args.out) / name if args.out and len(devices) > 1 else Path(args.out) if args.out else device.path / "validation"
+        paths = result.save(out)
+        print(result.summary())
+        print(f"  written: {paths['csv']}, {paths['json']}, {paths['plot']}")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from ..devices import load_device
+    from ..lut.table import load_table
+
+    device = load_device(args.device)
+    table = load_table(device)
+    meta = table.meta
+    print(f"{table.table_path}: {len(table)} kernel rows ({', '.join(f'{op} {n}' for op, n in sorted(Counter(r['op'] for r in table.rows.values()).items()))})")
+    print(f"  measured on {meta.machine.get('cpu', '?')} ({meta.machine.get('cores', '?')} cores), {meta.backend}, {meta.threads} thread(s), batch {meta.batch_size}, {meta.dtype}")
+    print(f"  versions: {', '.join(f'{k} {v}' for k, v in meta.versions.items())}; created {meta.created}, updated {meta.updated}")
+    print(f"  call overhead {meta.overhead_ms * 1000:.1f} us; framing {meta.framing}")
+    models = sorted({p.model for p in meta.calibration})
+    for model in models:
+        points = [p for p in meta.calibration if p.model == model]
+        cal = table.calibration_for(model, points[0].family)
+        print(f"  calibration {model}: {len(points)} points, latency = {cal.overhead_ms:.4f} {cal.per_kernel_ms:+.4f} x kernels + {cal.scale:.3f} x sum (ms)")
+    return 0

@@ -1,0 +1,106 @@
+"""``autoprune profile --device NAME --space SPACE.yaml --task TASK``: fill a device's latency table."""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Optional
+
+from ..errors import AutopruneError
+
+
+def add_target_arguments(p: argparse.ArgumentParser) -> None:
+    """The model and search space, given directly or through a study config."""
+    p.add_argument("--device", action="append", help="a profile under device_profiles/ (repeatable; default: the config's devices)")
+    p.add_argument("--space", help="search-space YAML (default: the config's)")
+    p.add_argument("--task", help="built-in task name or module:function (default: the config's)")
+    p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE", help="task keyword argument, e.g. model=resnet20 (repeatable)")
+    p.add_argument("--config", help="study config (YAML) to take the task, its options, the space and the devices from")
+    p.add_argument("--remote", metavar="URL", help="time on the device through its profiling agent (python -m autoprune.agent serve)")
+    p.add_argument("--token", help="the agent's token (default: $AUTOPRUNE_AGENT_TOKEN)")
+
+
+def parse_options(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values are read as YAML scalars (numbers, booleans, strings)."""
+    import yaml
+
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise AutopruneError(f"--task-option takes KEY=VALUE, got {item!r}")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
+def resolve_target(args: argparse.Namespace) -> tuple[str, dict[str, Any], str, list[str]]:
+    """(task, task options, space path, devices) from the flags, falling back on ``--config``."""
+    task, options, space, devices = args.task, parse_options(args.task_option), args.space, args.device or []
+    if args.config:
+        from ..config import load_config
+
+        config = load_config(args.config)
+        task = task or config.task
+        options = {**config.task_options, **options}
+        space = space or str(config.search_space_path())
+        devices = devices or list(config.devices)
+    missing = [flag for flag, value in (("--task", task), ("--space", space), ("--device", devices)) if not value]
+    if missing:
+        raise AutopruneError(f"give {', '.join(missing)} (or --config with a study config that has them)")
+    return task, options, space, devices
+
+
+def remote_measurer(args: argparse.Namespace) -> Optional[Any]:
+    if not args.remote:
+        return None
+    from ..remote import AgentClient, AgentMeasurer, agent_token
+
+    return AgentMeasurer(AgentClient(args.remote, agent_token(args.token)))
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "profile",
+        help="measure every kernel a search space can produce for a model on a device (latency lookup table)",
+        description="Enumerate the kernel configurations SPACE can produce for TASK's model, time the ones the device's "
+        "table lacks, and calibrate end-to-end latency. Rows are written as they are measured: rerun to resume.",
+    )
+    add_target_arguments(p)
+    p.add_argument("--calibration", type=int, default=12, help="whole models measured to calibrate the kernel sum (default 12)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds per kernel (default 3)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..devices import load_device
+    from ..lut.profiler import bind_task, profile
+
+    task, options, space, devices = resolve_target(args)
+    target = bind_task(task, space, options)
+    measurer = remote_measurer(args)
+    for name in devices:
+        device = load_device(name)
+        bar = None
+
+        def progress(done: int, total: int) -> None:
+            nonlocal bar
+            if args.no_progress:
+                return
+            if bar is None:
+                bar = tqdm(total=total, desc=f"profile {name}", unit="kernel")
+            bar.update(done - bar.n)
+
+        report = profile(
+            device, target.task.model, target.task.example_input, target.units, target.space,
+            calibration=args.calibration, rounds=args.rounds, measurer=measurer, progress=progress,
+        )
+        if bar is not None:
+            bar.close()
+        cal = report.calibration
+        print(report.summary())
+        print(
+            f"  calibration ({cal.source}, {cal.points} points): latency = {cal.overhead_ms:.4f} ms "
+            f"{cal.per_kernel_ms:+.4f} ms x kernels + {cal.scale:.3f} x kernel sum"
+        )
+    return 0

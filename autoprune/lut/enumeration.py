@@ -1,0 +1,117 @@
+"""Every kernel key a search space can produce for a model.
+
+A kernel's key depends on the channel counts of at most a few units: the unit feeding its
+input channels, the unit holding its output channels, and the unit whose sparse
+granularity masks its weights. Which unit drives which field is found by pruning each unit
+alone and seeing which keys change; the keys are then enumerated over the product of
+those units' options (every channel count the rule allows, rounded to its
+``channel_multiple``, and every sparsity bucket of its sparse granularities).
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from ..apply import apply_plan
+from ..granularity import GRANULARITIES, kept_channels
+from ..plan import Plan, UnitChoice
+from ..search_space import UnitSpace
+from ..units import Unit
+from .keys import Kernel, KernelKey, extract_kernels, sparsity_bucket
+
+
+@dataclass(frozen=True)
+class UnitOption:
+    """One state a unit can be left in: its channel count and the sparsity of its layers."""
+
+    channels: int
+    sparsity: float = 0.0
+
+
+def unit_options(space: UnitSpace) -> list[UnitOption]:
+    """The distinct (channels, sparsity) states the unit's rule allows."""
+    rule, channels = space.rule, space.unit.channels
+    ratios = rule.pruning_ratio.grid() if rule.pruning_ratio.step is not None else None
+    options: set[UnitOption] = {UnitOption(channels)}
+    for name in rule.granularities:
+        granularity = GRANULARITIES.get(name)
+        if granularity.structural:
+            if ratios is None:
+                low = kept_channels(channels, rule.pruning_ratio.high, rule.channel_multiple)
+                high = kept_channels(channels, rule.pruning_ratio.low, rule.channel_multiple)
+                step = rule.channel_multiple
+                counts = {kept_channels(channels, 1 - c / channels, step) for c in range(low, high + 1)}
+            else:
+                counts = {kept_channels(channels, r, rule.channel_multiple) for r in ratios}
+            options |= {UnitOption(c) for c in counts}
+        elif name != "none":
+            buckets = {sparsity_bucket(r) for r in ratios} if ratios is not None else _continuous_buckets(rule.pruning_ratio.low, rule.pruning_ratio.high)
+            options |= {UnitOption(channels, b) for b in buckets}
+    return sorted(options, key=lambda o: (o.channels, o.sparsity))
+
+
+def _continuous_buckets(low: float, high: float) -> set[float]:
+    from .keys import SPARSITY_STEP
+
+    n = int(round(1 / SPARSITY_STEP))
+    return {sparsity_bucket(i * SPARSITY_STEP) for i in range(n) if low - SPARSITY_STEP / 2 <= i * SPARSITY_STEP <= high + SPARSITY_STEP / 2}
+
+
+@dataclass(frozen=True)
+class KernelDependence:
+    """Which units drive a kernel's input channels, output channels and weight sparsity."""
+
+    kernel: Kernel
+    cin_unit: str | None
+    cout_unit: str | None
+    sparse_unit: str | None
+
+
+def kernel_dependence(
+    model: nn.Module, example_input: torch.Tensor, units: Mapping[str, Unit], space: Mapping[str, UnitSpace]
+) -> list[KernelDependence]:
+    """For each kernel of the dense model, the units its key depends on.
+
+    Each unit of the space is channel-pruned alone; a key field that changes is driven by it.
+    """
+    dense = extract_kernels(model, example_input)
+    cin_of: dict[int, str] = {}
+    cout_of: dict[int, str] = {}
+    for name in space:
+        unit = units[name]
+        if unit.channels < 2:
+            continue
+        plan = Plan.from_dict({name: UnitChoice("channel", 0.5)})
+        pruned = extract_kernels(apply_plan(model, plan, units, example_input), example_input)
+        for i, (before, after) in enumerate(zip(dense, pruned)):
+            if before.key.cin != after.key.cin:
+                cin_of[i] = name
+            if before.key.cout != after.key.cout and before.key.op not in ("dwconv", "reshape", "add", "gpool", "pool", "bn", "act"):
+                cout_of[i] = name
+    sparse_of = {layer: name for name in space for layer in units[name].layers}
+    return [
+        KernelDependence(k, cin_of.get(i), cout_of.get(i), sparse_of.get(k.layer) if k.layer else None)
+        for i, k in enumerate(dense)
+    ]
+
+
+def enumerate_keys(
+    model: nn.Module, example_input: torch.Tensor, units: Mapping[str, Unit], space: Mapping[str, UnitSpace]
+) -> list[KernelKey]:
+    """Every distinct kernel key that some plan of ``space`` produces for ``model``, sorted."""
+    options = {name: unit_options(us) for name, us in space.items()}
+    keys: set[KernelKey] = set()
+    for dep in kernel_dependence(model, example_input, units, space):
+        base = dep.kernel.key
+        drivers = [u for u in dict.fromkeys((dep.cin_unit, dep.cout_unit, dep.sparse_unit)) if u is not None]
+        for combo in itertools.product(*(options[u] for u in drivers)):
+            state = dict(zip(drivers, combo))
+            cin = state[dep.cin_unit].channels if dep.cin_unit else base.cin
+            cout = state[dep.cout_unit].channels if dep.cout_unit else base.cout
+            sparsity = state[dep.sparse_unit].sparsity if dep.sparse_unit else base.sparsity
+            keys.add(base.with_channels(cin, cout, sparsity))
+    return sorted(keys)

@@ -1,0 +1,152 @@
+"""Stand-alone models of one kernel each, built from a key, for timing on a device.
+
+Each kernel runs in a model of its own, framed the way the runtime sees it inside a whole
+network: LiteRT works in channels-last, so its kernel models take and return NHWC
+tensors (litert-torch then emits the bare operator, with no layout transposes around it,
+as inside a converted network); ONNX Runtime works on the NCHW interface. Batch norm is
+folded into the convolution's bias as every runtime does; sparse keys get weights with
+that fraction of zeros, so whether sparsity pays off is measured, not assumed.
+"""
+from __future__ import annotations
+
+import zlib
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import AutopruneError
+from ..registry import Registry
+from .keys import KernelKey
+
+#: Device backend -> activation layout its kernel models use at their interface.
+CHANNELS_LAST_BACKENDS = {"tflite"}
+
+KernelBuilder = Callable[[KernelKey], nn.Module]
+#: Kernel op name -> function building a module that runs that kernel alone.
+KERNEL_BUILDERS: Registry[KernelBuilder] = Registry("kernel op")
+
+_ACTS: dict[str, Callable[[], nn.Module]] = {
+    "none": nn.Identity,
+    "relu": nn.ReLU,
+    "relu6": nn.ReLU6,
+    "hardswish": nn.Hardswish,
+    "silu": nn.SiLU,
+    "sigmoid": nn.Sigmoid,
+}
+
+
+def _act(name: str) -> nn.Module:
+    try:
+        return _ACTS[name]()
+    except KeyError:
+        raise AutopruneError(f"no activation {name!r} for kernel models; known: {', '.join(_ACTS)}") from None
+
+
+def _sparsify(layer: nn.Module, sparsity: float, generator: torch.Generator) -> None:
+    """Zero exactly ``sparsity`` of ``layer.weight``, at random positions."""
+    if sparsity <= 0:
+        return
+    weight = layer.weight.data
+    n_zero = int(round(sparsity * weight.numel()))
+    idx = torch.randperm(weight.numel(), generator=generator)[:n_zero]
+    weight.view(-1)[idx] = 0.0
+
+
+def _seeded(key: KernelKey) -> torch.Generator:
+    return torch.Generator().manual_seed(zlib.crc32(key.id.encode()))
+
+
+@KERNEL_BUILDERS.register("conv")
+@KERNEL_BUILDERS.register("dwconv")
+def _conv(key: KernelKey) -> nn.Module:
+    conv = nn.Conv2d(key.cin, key.cout, key.kernel, key.stride, key.padding, groups=key.groups, bias=True)
+    _sparsify(conv, key.sparsity, _seeded(key))
+    return nn.Sequential(conv, _act(key.act))
+
+
+@KERNEL_BUILDERS.register("linear")
+def _linear(key: KernelKey) -> nn.Module:
+    layer = nn.Linear(key.cin, key.cout)
+    _sparsify(layer, key.sparsity, _seeded(key))
+    return nn.Sequential(layer, _act(key.act))
+
+
+class _AddConstant(nn.Module):
+    """``x + c`` for a constant ``c`` of the same shape: an element-wise add of two tensors."""
+
+    def __init__(self, shape: tuple[int, ...], act: str) -> None:
+        super().__init__()
+        self.register_buffer("other", torch.randn(shape))
+        self.act = _act(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x + self.other)
+
+
+@KERNEL_BUILDERS.register("add")
+def _add(key: KernelKey) -> nn.Module:
+    return _AddConstant((1, key.cin, key.h, key.w), key.act)
+
+
+@KERNEL_BUILDERS.register("gpool")
+def _gpool(key: KernelKey) -> nn.Module:
+    return nn.AdaptiveAvgPool2d(1)
+
+
+@KERNEL_BUILDERS.register("maxpool")
+def _maxpool(key: KernelKey) -> nn.Module:
+    return nn.MaxPool2d(key.kernel, key.stride, key.padding)
+
+
+@KERNEL_BUILDERS.register("avgpool")
+def _avgpool(key: KernelKey) -> nn.Module:
+    return nn.AvgPool2d(key.kernel, key.stride, key.padding)
+
+
+@KERNEL_BUILDERS.register("reshape")
+def _reshape(key: KernelKey) -> nn.Module:
+    return nn.Flatten(1)
+
+
+@KERNEL_BUILDERS.register("bn")
+def _bn(key: KernelKey) -> nn.Module:
+    bn = nn.BatchNorm2d(key.cin)
+    bn.running_mean.normal_()
+    bn.running_var.uniform_(0.5, 2.0)
+    return nn.Sequential(bn, _act(key.act))
+
+
+@KERNEL_BUILDERS.register("act")
+def _activation(key: KernelKey) -> nn.Module:
+    return _act(key.act)
+
+
+class ChannelsLast(nn.Module):
+    """Take and return channels-last tensors around a channels-first module."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inner(x.permute(0, 3, 1, 2) if x.dim() == 4 else x)
+        return y.permute(0, 2, 3, 1) if y.dim() == 4 else y
+
+
+def kernel_model(key: KernelKey, backend: str, batch_size: int = 1) -> tuple[nn.Module, torch.Tensor]:
+    """A model running ``key`` alone on ``backend`` and an input for it (eval mode, no grad)."""
+    if key.op not in KERNEL_BUILDERS:
+        raise AutopruneError(f"kernel {key.id}: no kernel model for op {key.op!r}; known: {', '.join(KERNEL_BUILDERS.names())}")
+    torch.manual_seed(0)
+    module = KERNEL_BUILDERS.get(key.op)(key).eval()
+    if key.op == "linear":
+        x = torch.randn(batch_size, key.cin)
+    elif backend in CHANNELS_LAST_BACKENDS:
+        x = torch.randn(batch_size, key.h, key.w, key.cin)
+        module = ChannelsLast(module)
+    else:
+        x = torch.randn(batch_size, key.cin, key.h, key.w)
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module.eval(), x

@@ -1,0 +1,216 @@
+"""Profile a device: measure every kernel a search space can produce, then calibrate.
+
+:func:`profile` enumerates the kernel keys of the task's model under the space
+(:mod:`.enumeration`), skips those already in the device's table, times the rest in
+chunks (each chunk appended to the CSV as soon as it is measured, so a killed run
+resumes where it stopped), and finally measures a few whole models end to end (the
+dense one, the most pruned uniform one and random plans) to calibrate what a sum of
+isolated kernels misses: the call overhead, the framing around each kernel, operator
+fusion across kernels.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..apply import apply_plan
+from ..backends import LatencyStats, get_backend
+from ..devices import DeviceProfile
+from ..latency import batched, deployable
+from ..plan import Plan, UnitChoice
+from ..search_space import UnitSpace
+from ..tasks import Task
+from ..units import Unit
+from .enumeration import enumerate_keys
+from .kernels import CHANNELS_LAST_BACKENDS, kernel_model
+from .keys import KernelKey, architecture, extract_kernels
+from .measure import FileMeasurer, Write, measure_files, measure_models, model_writer
+from .tflite_kernels import TFLiteKernelWriter
+from .table import Calibration, CalibrationPoint, LatencyTable, has_table, installed_versions, load_table
+
+#: The empty kernel timed to learn a runtime's per-call overhead.
+EMPTY_KERNEL = KernelKey("act", 1, 1, 1, 1, act="relu")
+
+
+@dataclass
+class ProfileReport:
+    """What a profiling run did: key counts, time spent, the resulting calibration."""
+
+    device: str
+    model: str
+    keys: int
+    measured: int
+    reused: int
+    wall_s: float
+    kernel_s: float
+    calibration_s: float
+    calibration: Calibration
+    calibration_points: int
+    table: str
+    extra: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return (
+            f"{self.device}: {self.keys} kernel keys for {self.model} ({self.measured} measured now, {self.reused} already in the table) "
+            f"in {self.wall_s:.1f} s ({self.kernel_s:.1f} s kernels, {self.calibration_s:.1f} s calibration on {self.calibration_points} models); "
+            f"table {self.table}"
+        )
+
+
+def open_table(device: DeviceProfile) -> LatencyTable:
+    """The device's table, or a new empty one in its profile folder."""
+    if has_table(device):
+        return load_table(device)
+    framing = "nhwc" if device.backend in CHANNELS_LAST_BACKENDS else "nchw"
+    return LatencyTable.new(device, device.path, installed_versions(device.backend), framing)
+
+
+_TFLITE_WRITERS: dict[int, TFLiteKernelWriter] = {}
+
+
+def kernel_writes(device: DeviceProfile, keys: Sequence[KernelKey]) -> list[Write]:
+    """How to write each key's kernel model: from templates for LiteRT, by export otherwise."""
+    backend = get_backend(device.backend)
+    if device.backend == "tflite":
+        writer = _TFLITE_WRITERS.setdefault(device.batch_size, TFLiteKernelWriter(backend, device.batch_size))
+        return [lambda path, k=k: writer.write(k, path) for k in keys]
+    return [model_writer(backend, lambda k=k: kernel_model(k, device.backend, device.batch_size)) for k in keys]
+
+
+def measure_keys(
+    device: DeviceProfile, keys: Sequence[KernelKey], rounds: int = 3, measurer: Optional[FileMeasurer] = None
+) -> list[LatencyStats]:
+    """Time each key's kernel model on the device (interleaved locally)."""
+    return measure_files(device, kernel_writes(device, keys), rounds=rounds, measurer=measurer)
+
+
+def uniform_plan(space: Mapping[str, UnitSpace], which: str = "high") -> Plan:
+    """Every unit at its rule's highest (or lowest) ratio with its first granularity."""
+    choices = {}
+    for name, us in space.items():
+        ratio = us.rule.pruning_ratio.high if which == "high" else us.rule.pruning_ratio.low
+        choices[name] = UnitChoice(us.rule.granularities[0], ratio, us.rule.criteria[0])
+    return Plan.from_dict(choices)
+
+
+def calibration_plans(space: Mapping[str, UnitSpace], n: int, seed: int = 0) -> list[tuple[str, Plan]]:
+    """The dense model, the most pruned uniform plan, then random plans: ``n`` in all."""
+    from ..controllers import random_plan
+
+    plans = [("dense", Plan()), ("uniform-high", uniform_plan(space, "high"))]
+    rng = np.random.default_rng(seed + 1_000_003)
+    while len(plans) < n:
+        plans.append((f"random-{len(plans) - 1}", random_plan(space, rng)))
+    return plans[:n]
+
+
+def profile(
+    device: DeviceProfile,
+    model: nn.Module,
+    example_input: torch.Tensor,
+    units: Mapping[str, Unit],
+    space: Mapping[str, UnitSpace],
+    calibration: int = 12,
+    rounds: int = 3,
+    chunk: int = 32,
+    seed: int = 0,
+    measurer: Optional[FileMeasurer] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> ProfileReport:
+    """Fill ``device``'s table with every kernel ``space`` can produce for ``model`` and
+    calibrate the model's end-to-end latency from ``calibration`` whole-model measurements.
+
+    ``progress(done, total)`` is called after each chunk of kernels. Keys already in the
+    table are not measured again, nor is a model whose calibration points exist.
+    """
+    start = time.perf_counter()
+    table = open_table(device)
+    if measurer is not None:
+        table.meta.notes = table.meta.notes or "measured through a remote measurer"
+        describe = getattr(measurer, "describe", None)
+        if callable(describe):
+            table.meta.machine = describe()
+    if not table.meta.overhead_ms:
+        table.meta.overhead_ms = measure_keys(device, [EMPTY_KERNEL], rounds, measurer)[0].median_ms
+        table.save_meta()
+    keys = enumerate_keys(model, example_input, units, space)
+    todo = [k for k in keys if k not in table]
+    reused = len(keys) - len(todo)
+    if progress:
+        progress(0, len(todo))
+    for i in range(0, len(todo), chunk):
+        part = todo[i : i + chunk]
+        table.append(zip(part, measure_keys(device, part, rounds, measurer)))
+        if progress:
+            progress(min(i + chunk, len(todo)), len(todo))
+    kernel_s = time.perf_counter() - start
+    signature, family = architecture(extract_kernels(model, example_input), model, example_input)
+    have = [p for p in table.meta.calibration if p.model == signature]
+    t = time.perf_counter()
+    if len(have) < calibration:
+        multiples = {name: us.rule.channel_multiple for name, us in space.items()}
+        plans = calibration_plans(space, calibration, seed)[len(have) :]
+        table.meta.calibration.extend(calibrate(device, table, model, example_input, units, plans, multiples, rounds, measurer))
+        table.save_meta()
+    calibration_s = time.perf_counter() - t
+    return ProfileReport(
+        device=device.name, model=signature, keys=len(keys), measured=len(todo), reused=reused,
+        wall_s=time.perf_counter() - start, kernel_s=kernel_s, calibration_s=calibration_s,
+        calibration=table.calibration_for(signature, family),
+        calibration_points=len([p for p in table.meta.calibration if p.model == signature]), table=str(table.table_path),
+    )
+
+
+def calibrate(
+    device: DeviceProfile,
+    table: LatencyTable,
+    model: nn.Module,
+    example_input: torch.Tensor,
+    units: Mapping[str, Unit],
+    plans: Sequence[tuple[str, Plan]],
+    channel_multiples: Mapping[str, int],
+    rounds: int = 3,
+    measurer: Optional[FileMeasurer] = None,
+) -> list[CalibrationPoint]:
+    """Measure each plan's model end to end and pair it with its kernel sum from the table."""
+    pruned = [deployable(apply_plan(model, plan, units, example_input, channel_multiples), example_input) for _, plan in plans]
+    x = batched(example_input, device.batch_size)
+    stats = measure_models(device, [lambda m=m: (m, x) for m in pruned], rounds=rounds, measurer=measurer)
+    points = []
+    for (label, _), m, s in zip(plans, pruned, stats):
+        kernels = extract_kernels(m, example_input)
+        missing = list(dict.fromkeys(k.key for k in kernels if k.key not in table))
+        if missing:
+            table.append(zip(missing, measure_keys(device, missing, rounds, measurer)))
+        signature, family = architecture(kernels, m, example_input)
+        total = sum(table.ms(k.key) for k in kernels)
+        points.append(CalibrationPoint(model=signature, family=family, kernels=len(kernels), kernel_sum_ms=total, measured_ms=s.median_ms, label=label))
+    return points
+
+
+@dataclass
+class Target:
+    """A task's model bound to a search space: what profiling and validation work on."""
+
+    task: Task
+    units: dict[str, Unit]
+    space: dict[str, UnitSpace]
+    space_path: str
+
+
+def bind_task(task: str, space_path: str, task_options: Optional[Mapping[str, Any]] = None) -> Target:
+    """Load ``task`` (trained, from the cache when it is) and bind the search space to its units."""
+    from ..search_space import SearchSpace
+    from ..tasks import load_task
+    from ..units import prunable_units
+
+    loaded = load_task(task, **dict(task_options or {}))
+    space = SearchSpace.load(space_path)
+    units = prunable_units(loaded.model, loaded.example_input, space.protect)
+    bound = space.resolve(units)
+    return Target(loaded, {u.name: u for u in units if u.name in bound}, bound, str(space_path))

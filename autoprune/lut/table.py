@@ -1,0 +1,324 @@
+"""The latency table of one device: kernel rows in a CSV file, metadata in a YAML file.
+
+``device_profiles/NAME/latency_table.csv`` has one row per kernel key (the key's fields,
+its readable ``key``, and ``median_ms``, ``p10_ms``, ``p90_ms``, ``repeats``,
+``measured_at``); rows are appended as they are measured, so a killed profiling run loses
+at most the kernels it was timing. ``latency_table.yaml`` says where and with what the
+rows were measured (runtime and library versions, threads, batch, dtype, machine, dates,
+autoprune version), the per-call overhead of the runtime, and the end-to-end calibration
+points that turn a sum of kernels into a model's latency.
+
+Both files are plain: a device that cannot run Python well (see :mod:`autoprune.remote`)
+produces the same two files with its own tools.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import platform
+import warnings
+from dataclasses import fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..backends import LatencyStats
+from ..devices import DeviceProfile
+from ..errors import ConfigError
+from .keys import KernelKey
+
+TABLE_FILE = "latency_table.csv"
+META_FILE = "latency_table.yaml"
+FORMAT_VERSION = 1
+
+KEY_COLUMNS = [f.name for f in fields(KernelKey)]
+STAT_COLUMNS = ["median_ms", "p10_ms", "p90_ms", "repeats", "measured_at"]
+COLUMNS = ["key", *KEY_COLUMNS, *STAT_COLUMNS]
+
+
+class LatencyTableWarning(UserWarning):
+    """A table was measured with other library versions than those installed now."""
+
+
+class CalibrationPoint(BaseModel):
+    """One model measured end to end: its kernel count and kernel sum against its real latency."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(..., description="architecture signature the point belongs to")
+    family: str = Field("", description="model class and input shape, shared by pruned variants")
+    kernels: int = Field(..., ge=0)
+    kernel_sum_ms: float
+    measured_ms: float
+    label: str = ""
+
+
+class Calibration(BaseModel):
+    """``latency = overhead_ms + per_kernel_ms * kernels + scale * kernel_sum_ms``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    overhead_ms: float = 0.0
+    per_kernel_ms: float = 0.0
+    scale: float = 1.0
+    points: int = 0
+    source: str = "none"
+
+    def predict(self, kernels: int, kernel_sum_ms: float) -> float:
+        return self.overhead_ms + self.per_kernel_ms * kernels + self.scale * kernel_sum_ms
+
+
+def fit_calibration(points: list[CalibrationPoint], overhead_ms: float, source: str) -> Calibration:
+    """Least-squares ``per_kernel_ms`` and ``scale`` over ``points``, the call overhead held fixed.
+
+    With one architecture the kernel count is constant, so this is an intercept and a slope
+    for that model; over several it separates the per-kernel framing cost from the scale.
+    A single point fits the intercept only.
+    """
+    if not points:
+        return Calibration(overhead_ms=overhead_ms, per_kernel_ms=-overhead_ms, scale=1.0, source="default")
+    n = np.array([p.kernels for p in points], dtype=float)
+    s = np.array([p.kernel_sum_ms for p in points], dtype=float)
+    y = np.array([p.measured_ms for p in points], dtype=float) - overhead_ms
+    if len(points) < 3 or np.ptp(s) < 1e-9:
+        per_kernel = float(np.mean((y - s) / np.maximum(n, 1)))
+        return Calibration(overhead_ms=overhead_ms, per_kernel_ms=per_kernel, scale=1.0, points=len(points), source=source)
+    design = np.stack([n, s], axis=1)
+    if np.ptp(n) == 0:
+        # One architecture: the kernel count is a constant column, so fit intercept + slope.
+        slope, intercept = np.polyfit(s, y, 1)
+        return Calibration(overhead_ms=overhead_ms, per_kernel_ms=float(intercept / max(n[0], 1)), scale=float(slope), points=len(points), source=source)
+    (per_kernel, scale), *_ = np.linalg.lstsq(design, y, rcond=None)
+    return Calibration(overhead_ms=overhead_ms, per_kernel_ms=float(per_kernel), scale=float(scale), points=len(points), source=source)
+
+
+class TableMeta(BaseModel):
+    """Where and how a latency table was measured."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: int = FORMAT_VERSION
+    device: str
+    backend: str
+    threads: int
+    batch_size: int
+    dtype: str
+    versions: dict[str, str] = Field(default_factory=dict, description="runtime and library versions measured with")
+    machine: dict[str, Any] = Field(default_factory=dict, description="CPU/GPU model, cores, OS")
+    autoprune: str = ""
+    created: str = ""
+    updated: str = ""
+    overhead_ms: float = Field(0.0, description="latency of an empty call on the runtime, subtracted per kernel")
+    framing: str = Field("nchw", description="activation layout at the kernel models' interface")
+    calibration: list[CalibrationPoint] = Field(default_factory=list)
+    notes: str = ""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, core count and OS of this machine, for the metadata."""
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "system": f"{platform.system()} {platform.release()}", "python": platform.python_version()}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except Exception:  # noqa: BLE001  (the GPU name is informative only)
+        pass
+    return info
+
+
+class LatencyTable:
+    """Kernel key -> measured latency of one device, plus its metadata; see the module doc."""
+
+    def __init__(self, folder: Path, meta: TableMeta, rows: Optional[dict[str, dict[str, Any]]] = None) -> None:
+        self.folder = Path(folder)
+        self.meta = meta
+        self.rows: dict[str, dict[str, Any]] = rows or {}
+
+    @property
+    def table_path(self) -> Path:
+        return self.folder / TABLE_FILE
+
+    @property
+    def meta_path(self) -> Path:
+        return self.folder / META_FILE
+
+    def __contains__(self, key: KernelKey) -> bool:
+        return key.id in self.rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def ms(self, key: KernelKey) -> float:
+        return float(self.rows[key.id]["median_ms"])
+
+    def keys(self) -> list[KernelKey]:
+        return [KernelKey.from_dict(r) for r in self.rows.values()]
+
+    @classmethod
+    def new(cls, device: DeviceProfile, folder: Path, versions: dict[str, str], framing: str) -> "LatencyTable":
+        from .. import __version__
+
+        meta = TableMeta(
+            device=device.name, backend=device.backend, threads=device.threads, batch_size=device.batch_size,
+            dtype=device.dtype, versions=versions, machine=machine_info(), autoprune=__version__,
+            created=now(), updated=now(), framing=framing,
+        )
+        return cls(folder, meta)
+
+    def add(self, key: KernelKey, stats: LatencyStats) -> dict[str, Any]:
+        """Record a measurement in memory (see :meth:`append` to persist it)."""
+        row = {"key": key.id, **key.to_dict(), "median_ms": stats.median_ms, "p10_ms": stats.p10_ms, "p90_ms": stats.p90_ms, "repeats": stats.repeats, "measured_at": now()}
+        self.rows[key.id] = row
+        return row
+
+    def append(self, measured: Iterable[tuple[KernelKey, LatencyStats]]) -> None:
+        """Add rows and append them to the CSV at once (the file is created with its header)."""
+        rows = [self.add(k, s) for k, s in measured]
+        if not rows:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        new = not self.table_path.exists() or self.table_path.stat().st_size == 0
+        with open(self.table_path, "a", newline="") as f:
+            writer = csv.DictWriter(f, COLUMNS, lineterminator="\n")
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+        if not self.meta_path.exists():
+            self.save_meta()
+
+    def save_meta(self) -> None:
+        """Write the metadata file (atomically)."""
+        self.meta.updated = now()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.meta_path.with_suffix(".yaml.tmp")
+        tmp.write_text(
+            "# Latency table metadata (autoprune). Rows are in latency_table.csv.\n"
+            + yaml.safe_dump(self.meta.model_dump(mode="json"), sort_keys=False)
+        )
+        tmp.replace(self.meta_path)
+
+    def save(self) -> None:
+        """Rewrite both files from memory (rows sorted by key)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.table_path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, COLUMNS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(self.rows[k] for k in sorted(self.rows))
+        tmp.replace(self.table_path)
+        self.save_meta()
+
+    def calibration_for(self, model: str, family: str) -> Calibration:
+        """The calibration of this architecture, else of its family, else over every point."""
+        for source, points in (
+            (f"model {model}", [p for p in self.meta.calibration if p.model == model]),
+            (f"family {family}", [p for p in self.meta.calibration if p.family == family]),
+            ("all calibrated models", list(self.meta.calibration)),
+        ):
+            if points:
+                return fit_calibration(points, self.meta.overhead_ms, source)
+        return fit_calibration([], self.meta.overhead_ms, "default")
+
+
+def table_folder(device: DeviceProfile) -> Optional[Path]:
+    return device.path
+
+
+def has_table(device: DeviceProfile) -> bool:
+    """Whether the device's profile folder holds a latency table."""
+    return device.path is not None and (device.path / TABLE_FILE).is_file()
+
+
+def read_rows(path: Path) -> dict[str, dict[str, Any]]:
+    """Rows of a table CSV by key; a later row for the same key replaces an earlier one."""
+    rows: dict[str, dict[str, Any]] = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in ("median_ms", *KEY_COLUMNS[:5]) if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ConfigError(f"{path}: not a latency table: missing columns {', '.join(missing)}")
+        for i, raw in enumerate(reader, start=2):
+            if raw.get("median_ms") in (None, ""):
+                continue  # a row cut short by a killed run
+            try:
+                key = KernelKey.from_dict(raw)
+                row = {**raw, **key.to_dict(), "key": key.id, "median_ms": float(raw["median_ms"])}
+                for col in ("p10_ms", "p90_ms"):
+                    row[col] = float(raw[col]) if raw.get(col) not in (None, "") else row["median_ms"]
+                row["repeats"] = int(float(raw["repeats"])) if raw.get("repeats") not in (None, "") else 0
+            except (TypeError, ValueError) as err:
+                raise ConfigError(f"{path}:{i}: bad row ({err})") from err
+            rows[key.id] = row
+    return rows
+
+
+def load_table(device: DeviceProfile, check_versions: bool = True) -> LatencyTable:
+    """Read the device's table; settings that differ from ``device.yaml`` are an error,
+    library versions that differ from those installed a :class:`LatencyTableWarning`."""
+    folder = device.path
+    if folder is None or not (folder / TABLE_FILE).is_file():
+        raise ConfigError(f"device {device.name!r}: no latency table at {(folder or Path('?')) / TABLE_FILE}; run `autoprune profile --device {device.name}`")
+    meta_path = folder / META_FILE
+    if not meta_path.is_file():
+        raise ConfigError(f"{meta_path}: missing; a latency table needs its metadata file")
+    from ..yamlio import load_model
+
+    meta = load_model(TableMeta, meta_path)
+    for name in ("backend", "threads", "batch_size", "dtype"):
+        if getattr(meta, name) != getattr(device, name):
+            raise ConfigError(
+                f"{meta_path}: {name}: the table was measured with {getattr(meta, name)!r} but "
+                f"{folder / 'device.yaml'} says {getattr(device, name)!r}; re-profile or restore the setting"
+            )
+    table = LatencyTable(folder, meta, read_rows(folder / TABLE_FILE))
+    if check_versions:
+        check_table_versions(table, device)
+    return table
+
+
+def installed_versions(backend: str) -> dict[str, str]:
+    from ..backends import get_backend
+
+    try:
+        return get_backend(backend).versions()
+    except Exception:  # noqa: BLE001  (a backend that cannot import has no versions to compare)
+        return {}
+
+
+def check_table_versions(table: LatencyTable, device: DeviceProfile) -> list[str]:
+    """Warn when the table's runtime versions differ from the installed ones; returns the differences."""
+    if not device.local:
+        return []
+    now_versions = installed_versions(device.backend)
+    diffs = [
+        f"{name} {was} (table) vs {now_versions[name]} (installed)"
+        for name, was in table.meta.versions.items()
+        if name in now_versions and now_versions[name] != was
+    ]
+    if diffs:
+        warnings.warn(
+            f"{table.meta_path}: measured with other versions: {'; '.join(diffs)}; "
+            f"check it still holds with `autoprune lut validate --device {device.name}` or re-profile",
+            LatencyTableWarning,
+            stacklevel=3,
+        )
+    return diffs
