@@ -168,18 +168,25 @@ def test_quantization_of_a_torch_program_is_a_clear_error(tmp_path):
         q.quantize_file("onnxruntime-cpu", tmp_path / "m.onnx", tmp_path / "q.onnx", "static")
 
 
-@pytest.mark.tflite
-def test_export_all_devices_writes_one_verified_model_per_device_with_an_index(tmp_path):
+@pytest.fixture(scope="module")
+def two_device_study(tmp_path_factory):
+    """A two-trial study on ONNX Runtime and LiteRT whose export prunes gradually in two steps."""
     _available("tflite")
     from autoprune.config import load_config
     from autoprune.executor import run_study
-    from autoprune.export import export_all
 
     gradual = {"steps": 2, "finetune": {"max_steps": 2, "batch_size": 32}}
-    config = load_config(write_config(tmp_path, devices=["onnxruntime-cpu", "tflite"], budget={"trials": 2}, export={"finetune": {"epochs": 0.5}, "iterative": gradual}))
-    study = run_study(config, progress=False)
+    tmp = tmp_path_factory.mktemp("study")
+    config = write_config(tmp, devices=["onnxruntime-cpu", "tflite"], budget={"trials": 2}, export={"finetune": {"epochs": 0.5}, "iterative": gradual})
+    return run_study(load_config(config), progress=False)
+
+
+@pytest.mark.tflite
+def test_export_all_devices_writes_one_verified_model_per_device_with_an_index(two_device_study, tmp_path):
+    from autoprune.export import export_all
+
     out = tmp_path / "deploy"
-    index = export_all(study.path, out_dir=out, quantize="static", calibration_samples=32)
+    index = export_all(two_device_study.path, out_dir=out, quantize="static", calibration_samples=32)
     assert [row["device"] for row in index["models"]] == ["onnxruntime-cpu", "tflite"]
     assert json.loads((out / "index.json").read_text()) == index
     assert "| onnxruntime-cpu |" in (out / "index.md").read_text()
@@ -200,3 +207,43 @@ def test_export_all_devices_writes_one_verified_model_per_device_with_an_index(t
     if cards["onnxruntime-cpu"]["plan_key"] == cards["tflite"]["plan_key"]:  # one member, fine-tuned once
         assert cards["onnxruntime-cpu"]["finetune"]["seconds"] == cards["tflite"]["finetune"]["seconds"]
         assert cards["onnxruntime-cpu"]["accuracy"] == cards["tflite"]["accuracy"]
+
+
+@pytest.fixture
+def agent_url(tmp_path):
+    """A profiling agent started as its own process on loopback, with a token."""
+    import subprocess
+    import sys
+
+    import autoprune.agent
+
+    proc = subprocess.Popen(
+        [sys.executable, autoprune.agent.__file__, "serve", "--port", "0", "--quiet", "--token", "tok"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    line = proc.stdout.readline()
+    assert "serving on" in line, proc.stderr.read()[-2000:]
+    yield line.split("serving on ", 1)[1].split()[0]
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.mark.tflite
+def test_cli_export_measured_through_the_agent(two_device_study, agent_url, tmp_path):
+    import subprocess
+    import sys
+
+    def export(token: str):
+        return subprocess.run(
+            [sys.executable, "-m", "autoprune.cli", "export", str(two_device_study.path), "--device", "onnxruntime-cpu",
+             "--remote", agent_url, "--token", token, "--epochs", "0.1", "--out", str(tmp_path / "remote")],
+            capture_output=True, text=True, timeout=600,
+        )
+
+    bad = export("nope")
+    assert bad.returncode == 2 and "answered 401" in bad.stderr and "Traceback" not in bad.stderr
+    done = export("tok")
+    assert done.returncode == 0, done.stderr[-2000:]
+    card = json.loads((tmp_path / "remote" / "model_card.json").read_text())
+    assert card["measured_on"] == f"agent at {agent_url}" and card["file"] == "model.onnx"
+    assert card["latency_ms_measured"] > 0 and card["latency_ms_dense_measured"] > 0
