@@ -146,3 +146,43 @@ def test_minilm_task_scores_pruned_encoders_by_embedding_cosine(minilm_task):
     assert 0.0 < before < 0.99
     finetune(pruned, task.train, FinetuneRecipe(max_steps=6, batch_size=16, lr=0.02), training_loss(task, None))
     assert task.metric(pruned, task.val) > before
+
+
+def test_transformer_kernel_keys_cover_the_space_and_predict_pruned_models(tiny_bert, tmp_path):
+    from autoprune.search_space import SearchSpace
+    from autoprune.transformer_kernels import TransformerKey, TransformerTable, kernel_module, model_keys, space_keys
+
+    units = search_units(tiny_bert, IDS, ())
+    space = SearchSpace.model_validate(
+        {
+            "rules": [
+                {"match": "*.encoder.layer", "granularities": ["layer"], "pruning_ratio": {"high": 0.34, "step": 0.34}},
+                {"match": "*.attention.self", "granularities": ["head"], "pruning_ratio": {"high": 0.75, "step": 0.25}},
+                {"match": "*.intermediate.dense", "granularities": ["neuron"], "pruning_ratio": {"high": 0.5, "step": 0.25}, "channel_multiple": 16},
+            ],
+            "protect": [],
+        }
+    ).resolve(units)
+    keys = space_keys(tiny_bert, space, IDS.shape[1])
+    assert {k.heads for k in keys if k.op == "attention"} == {1, 2, 3, 4}
+    assert {k.width for k in keys if k.op == "ffn"} == {64, 96, 128}
+    by_name = {u.name: u for u in units}
+    plan = Plan.from_dict(
+        {"bert.encoder.layer": UnitChoice("layer", 0.34), "bert.encoder.layer.0.attention.self": UnitChoice("head", 0.5), "bert.encoder.layer.1.intermediate.dense": UnitChoice("neuron", 0.25)}
+    )
+    pruned = apply_plan(tiny_bert, plan, by_name, IDS)
+    pruned_keys = model_keys(pruned, IDS.shape[1])
+    assert len(pruned_keys) == 4 and set(pruned_keys) <= set(keys)  # one layer gone; every kernel was enumerated
+    for key in keys:
+        module, x = kernel_module(key)
+        assert module(x).shape == x.shape
+    table = TransformerTable("onnxruntime-cpu")
+    table.measure(keys[:2] + pruned_keys, warmup=2, repeats=5)
+    dense_ms = 1.0 + table.kernels_ms(tiny_bert, IDS.shape[1])
+    table.calibrate(tiny_bert, IDS.shape[1], dense_ms)
+    assert table.predict(tiny_bert, IDS.shape[1]) == pytest.approx(dense_ms)
+    assert table.predict(pruned, IDS.shape[1]) == pytest.approx(table.fixed_ms + sum(table.latency_ms[k] for k in pruned_keys))
+    table.save(tmp_path / "table.csv")
+    loaded = TransformerTable.load(tmp_path / "table.csv", "onnxruntime-cpu")
+    assert loaded.latency_ms == table.latency_ms and loaded.fixed_ms == pytest.approx(table.fixed_ms)
+    assert isinstance(next(iter(loaded.latency_ms)), TransformerKey)
