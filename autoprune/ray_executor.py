@@ -84,10 +84,18 @@ def connect(options: RayOptions) -> bool:
 
 
 def concurrency(options: RayOptions) -> int:
-    """Trials in flight: as asked, else as many as the cluster's resources fit."""
+    """Trials in flight: as asked, else as many as the cluster's resources fit.
+
+    A trial that no node can hold would wait forever, so that is an error here.
+    """
+    resources = ray.cluster_resources()
+    for name, need in (("CPU", options.cpus_per_trial), ("GPU", options.gpus_per_trial)):
+        if need and resources.get(name, 0) < need:
+            raise AutopruneError(
+                f"--{name.lower()}s-per-trial {need:g}: the Ray cluster has {resources.get(name, 0):g} {name}s in all, so no trial could start"
+            )
     if options.max_concurrent is not None:
         return options.max_concurrent
-    resources = ray.cluster_resources()
     fits = resources.get("CPU", 1) / options.cpus_per_trial
     if options.gpus_per_trial:
         fits = min(fits, resources.get("GPU", 0) / options.gpus_per_trial)
@@ -188,10 +196,10 @@ def run_study_ray(
     evaluated = {r.plan_key: r for r in records if r.state == COMPLETE}
     numbers = free_numbers({r.number for r in records})
     started_here = connect(options)
+    rule: list = []
     try:
         width = concurrency(options)
         ctx_ref = ray.put(ctx)
-        rule = []
         if config.stopping is not None:
             here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
             actor = ray.remote(RuleActor).options(num_cpus=0, max_restarts=-1, scheduling_strategy=here)
@@ -248,4 +256,6 @@ def run_study_ray(
     finally:
         if started_here:
             ray.shutdown()
+        elif ray.is_initialized() and rule:
+            ray.kill(rule[0])
     return study

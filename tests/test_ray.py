@@ -14,6 +14,9 @@ from pathlib import Path
 import optuna
 import pytest
 
+from autoprune.config import load_config
+from autoprune.context import build_context
+from autoprune.controllers import CONTROLLERS
 from autoprune.study import Study
 from autoprune.trial import COMPLETE, STOPPED
 from tests.conftest import write_config
@@ -129,6 +132,53 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         c.stop()
 
 
+@pytest.fixture(scope="module")
+def driver(cluster, tmp_path_factory):
+    """This test process as a Ray driver on the cluster, and a context built once for its studies."""
+    import ray
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RAY_AUTH_MODE", "disabled")
+    mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
+    try:
+        yield build_context(load_config(write_config(tmp_path_factory.mktemp("ctx"))))
+    finally:
+        ray.shutdown()
+        mp.undo()
+
+
+#: Small settings so each controller gets past its warm-up within a few trials.
+CONTROLLER_OPTIONS = {
+    "evolution": {"population_size": 2, "warm_start": 1},
+    "rl": {"warm_start": 1, "updates": 2, "hidden": 8},
+    "nsga2": {"population_size": 2},
+    "tpe": {"n_startup_trials": 2},
+}
+
+
+@pytest.mark.parametrize("name", CONTROLLERS.names())
+def test_every_registered_controller_drives_a_ray_study(driver, tmp_path, name):
+    from autoprune.ray_executor import RayOptions, run_study_ray
+
+    config = load_config(write_config(tmp_path, controller=name, controller_options=CONTROLLER_OPTIONS.get(name, {}), budget={"trials": 4}))
+    records = run_study_ray(config, RayOptions(max_concurrent=2), progress=False, context=driver).records()
+    assert sorted(r.number for r in records) == [0, 1, 2, 3]
+    assert all(r.state == COMPLETE and r.controller == name for r in records), [r.error for r in records]
+    assert len({r.trial_id for r in records}) == 4
+
+
+def test_a_trial_no_node_can_hold_is_a_clear_error(driver, tmp_path):
+    from autoprune.errors import AutopruneError
+    from autoprune.ray_executor import RayOptions, run_study_ray
+
+    config = load_config(write_config(tmp_path))
+    with pytest.raises(AutopruneError, match="--gpus-per-trial 1: the Ray cluster has 0 GPUs"):
+        run_study_ray(config, RayOptions(gpus_per_trial=1), progress=False, context=driver)
+    with pytest.raises(AutopruneError, match="--cpus-per-trial 64: the Ray cluster has 2 CPUs"):
+        run_study_ray(config, RayOptions(cpus_per_trial=64), progress=False, context=driver)
+
+
 def search(config: Path, cluster: Cluster, *extra: str) -> list[str]:
     return [sys.executable, "-m", "autoprune.cli", "search", str(config), "--backend", "ray", "--address", cluster.address, "--no-progress", *extra]
 
@@ -182,7 +232,7 @@ def test_killed_worker_is_retried_and_the_budget_is_met(cluster, tmp_path):
 
 
 def test_killed_driver_resumes_without_losing_or_repeating_a_trial(cluster, tmp_path):
-    config = write_config(tmp_path, budget={"trials": 8}, finetune={"epochs": 2.0, "batch_size": 64})
+    config = write_config(tmp_path, budget={"trials": 6}, finetune={"epochs": 1.5, "batch_size": 64})
     log = tmp_path / "driver.log"
     cmd = search(config, cluster, "--max-concurrent", "2")
     driver = start_driver(cmd, log)
@@ -191,14 +241,14 @@ def test_killed_driver_resumes_without_losing_or_repeating_a_trial(cluster, tmp_
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
     before = study.records()
-    assert 2 <= len(before) < 8
+    assert 2 <= len(before) < 6
 
     resumed = start_driver(cmd + ["--resume"], tmp_path / "resumed.log")
     finish(resumed, tmp_path / "resumed.log")
     after = study.records()
-    assert sorted(r.number for r in after) == list(range(8))
+    assert sorted(r.number for r in after) == list(range(6))
     assert [r.to_dict() for r in after[: len(before)]] == [r.to_dict() for r in before]
-    assert len({r.trial_id for r in after}) == 8
+    assert len({r.trial_id for r in after}) == 6
     # the results file and the Optuna study agree: every record is a finished Optuna trial, nothing left running
     trials = {t.number: t for t in optuna.load_study(study_name="tiny", storage=study.optuna_storage).trials}
     assert all(trials[r.trial_id].state.name == "COMPLETE" and list(trials[r.trial_id].values)[0] == r.accuracy for r in after if r.state == COMPLETE)
