@@ -28,7 +28,7 @@ from autoprune.units import prunable_units
 from .conftest import REPO
 
 SPACE = {
-    "rules": [{"match": "*", "granularities": ["channel", "unstructured"], "pruning_ratio": {"low": 0.0, "high": 0.5, "step": 0.25}}],
+    "rules": [{"match": "*", "granularities": ["channel", "unstructured", "n:4"], "pruning_ratio": {"low": 0.0, "high": 0.5, "step": 0.25}}],
     "protect": ["stem", "classifier"],
 }
 
@@ -66,8 +66,12 @@ def test_masked_weights_get_a_sparse_key(tiny_resnet_task):
     name = next(iter(units))
     pruned = apply_plan(task.model, Plan.from_dict({name: UnitChoice("unstructured", 0.5)}), units, task.example_input)
     keys = {k.layer: k.key for k in extract_kernels(pruned, task.example_input) if k.layer}
-    assert keys[name].sparsity == 0.5
+    assert (keys[name].sparsity, keys[name].pattern) == (0.5, "unstructured")
     assert all(keys[layer].sparsity == 0.0 for layer in keys if layer not in units[name].layers)
+    nm = apply_plan(task.model, Plan.from_dict({name: UnitChoice("n:4", 0.5)}), units, task.example_input)
+    nm_key = {k.layer: k.key for k in extract_kernels(nm, task.example_input)}[name]
+    assert (nm_key.sparsity, nm_key.pattern) == (0.5, "2:4") and nm_key.id.endswith(":sp0.5/2:4")
+    assert nm_key.dense() == keys[name].dense() and nm_key != keys[name]
 
 
 def test_enumeration_covers_every_plan_of_the_space(tiny_mobilenet_task, tmp_path):
@@ -79,7 +83,7 @@ def test_enumeration_covers_every_plan_of_the_space(tiny_mobilenet_task, tmp_pat
         pruned = apply_plan(task.model, random_plan(bound, rng), units, task.example_input)
         missing = [k.key.id for k in extract_kernels(pruned, task.example_input) if k.key not in keys]
         assert missing == []
-    assert any(k.sparsity == 0.5 for k in keys) and any(k.op == "dwconv" for k in keys)
+    assert any(k.sparsity == 0.5 for k in keys) and any(k.pattern == "2:4" for k in keys) and any(k.op == "dwconv" for k in keys)
 
 
 def test_table_round_trip_and_version_warning(tmp_path):

@@ -67,6 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration", type=int, default=12, help="whole models measured to calibrate the kernel sum (default 12)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds per kernel (default 3)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--bundle", metavar="DIR", help="phones: write the models to time, a manifest and a script running TFLite's benchmark_model over adb, instead of timing here")
+    p.add_argument("--import", dest="import_results", metavar="RESULTS", help="phones: fill the table from the benchmark_model output the --bundle script wrote (its results folder, or a log)")
     p.set_defaults(func=run)
 
 
@@ -79,6 +81,17 @@ def run(args: argparse.Namespace) -> int:
     task, options, space, devices = resolve_target(args)
     target = bind_task(task, space, options)
     measurer = remote_measurer(args)
+    if args.bundle or args.import_results:
+        if args.remote or len(devices) != 1:
+            raise AutopruneError("--bundle and --import take one --device and no --remote")
+        from ..remote import bundle_profile, results_measurer
+
+        if not args.import_results:
+            profile_args = {"model": target.task.model, "example_input": target.task.example_input, "units": target.units, "space": target.space, "calibration": args.calibration, "rounds": args.rounds}
+            bundle, script = bundle_profile(load_device(devices[0]), args.bundle, profile_args)
+            print(f"{len(bundle.models)} models to time in {bundle.path}: run `sh {script}` (see its header), then this command with --import {bundle.path / 'results'}")
+            return 0
+        measurer = results_measurer(args.import_results, devices[0], args.bundle)
     for name in devices:
         device = load_device(name)
         bar = None
@@ -90,13 +103,14 @@ def run(args: argparse.Namespace) -> int:
             if bar is None:
                 bar = tqdm(total=total, desc=f"profile {name}", unit="kernel")
             bar.update(done - bar.n)
+            if done >= total:
+                bar.close()
+                print(f"calibrating on {args.calibration} whole models", flush=True)
 
         report = profile(
             device, target.task.model, target.task.example_input, target.units, target.space,
             calibration=args.calibration, rounds=args.rounds, measurer=measurer, progress=progress,
         )
-        if bar is not None:
-            bar.close()
         cal = report.calibration
         print(report.summary())
         print(

@@ -5,35 +5,43 @@ input channels, the unit holding its output channels, and the unit whose sparse
 granularity masks its weights. Which unit drives which field is found by pruning each unit
 alone and seeing which keys change; the keys are then enumerated over the product of
 those units' options (every channel count the rule allows, rounded to its
-``channel_multiple``, and every sparsity bucket of its sparse granularities).
+``channel_multiple``, and every ratio of its sparse granularities). A sparse key's bucket
+and pattern come from applying the granularity itself to a layer of the key's shape, so
+they are the ones :func:`.keys.extract_kernels` will read off a pruned model.
 """
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Mapping
 
 import torch
 from torch import nn
 
 from ..apply import apply_plan
-from ..granularity import GRANULARITIES, kept_channels
+from ..granularity import GRANULARITIES, PruneContext, kept_channels
 from ..plan import Plan, UnitChoice
 from ..search_space import UnitSpace
 from ..units import Unit
-from .keys import Kernel, KernelKey, extract_kernels, sparsity_bucket
+from .keys import SPARSITY_STEP, Kernel, KernelKey, extract_kernels, weight_sparsity
+
+#: Ops whose weights sparse granularities mask.
+WEIGHTED_OPS = ("conv", "dwconv", "linear")
 
 
 @dataclass(frozen=True)
 class UnitOption:
-    """One state a unit can be left in: its channel count and the sparsity of its layers."""
+    """One state a unit can be left in: its channel count, and the sparse granularity and
+    ratio masking its layers (``""`` for none)."""
 
     channels: int
-    sparsity: float = 0.0
+    granularity: str = ""
+    ratio: float = 0.0
 
 
 def unit_options(space: UnitSpace) -> list[UnitOption]:
-    """The distinct (channels, sparsity) states the unit's rule allows."""
+    """The distinct states the unit's rule allows."""
     rule, channels = space.rule, space.unit.channels
     ratios = rule.pruning_ratio.grid() if rule.pruning_ratio.step is not None else None
     options: set[UnitOption] = {UnitOption(channels)}
@@ -49,16 +57,28 @@ def unit_options(space: UnitSpace) -> list[UnitOption]:
                 counts = {kept_channels(channels, r, rule.channel_multiple) for r in ratios}
             options |= {UnitOption(c) for c in counts}
         elif name != "none":
-            buckets = {sparsity_bucket(r) for r in ratios} if ratios is not None else _continuous_buckets(rule.pruning_ratio.low, rule.pruning_ratio.high)
-            options |= {UnitOption(channels, b) for b in buckets}
-    return sorted(options, key=lambda o: (o.channels, o.sparsity))
+            grid = ratios if ratios is not None else _continuous_grid(rule.pruning_ratio.low, rule.pruning_ratio.high)
+            options |= {UnitOption(channels, name, r) for r in grid if r > 0}
+    return sorted(options, key=lambda o: (o.channels, o.granularity, o.ratio))
 
 
-def _continuous_buckets(low: float, high: float) -> set[float]:
-    from .keys import SPARSITY_STEP
-
+def _continuous_grid(low: float, high: float) -> list[float]:
+    """Ratios standing for a continuous range: every sparsity bucket it reaches."""
     n = int(round(1 / SPARSITY_STEP))
-    return {sparsity_bucket(i * SPARSITY_STEP) for i in range(n) if low - SPARSITY_STEP / 2 <= i * SPARSITY_STEP <= high + SPARSITY_STEP / 2}
+    return [round(i * SPARSITY_STEP, 6) for i in range(n) if low - SPARSITY_STEP / 2 <= i * SPARSITY_STEP <= high + SPARSITY_STEP / 2]
+
+
+@lru_cache(maxsize=None)
+def sparse_key(key: KernelKey, granularity: str, ratio: float) -> KernelKey:
+    """``key`` with the sparsity bucket and pattern that ``granularity`` at ``ratio`` leaves."""
+    from .kernels import kernel_layer
+
+    layer = kernel_layer(key.dense())
+    holder = nn.Sequential(layer)
+    unit = Unit("0", "linear" if isinstance(layer, nn.Linear) else "conv", key.cout, ("0",), ())
+    GRANULARITIES.get(granularity).apply(PruneContext(holder, torch.zeros(1)), unit, ratio, "l1", 1)
+    sparsity, pattern = weight_sparsity(layer)
+    return replace(key, sparsity=sparsity, pattern=pattern)
 
 
 @dataclass(frozen=True)
@@ -90,7 +110,7 @@ def kernel_dependence(
         for i, (before, after) in enumerate(zip(dense, pruned)):
             if before.key.cin != after.key.cin:
                 cin_of[i] = name
-            if before.key.cout != after.key.cout and before.key.op not in ("dwconv", "reshape", "add", "gpool", "pool", "bn", "act"):
+            if before.key.cout != after.key.cout and before.key.op in ("conv", "linear"):
                 cout_of[i] = name
     sparse_of = {layer: name for name in space for layer in units[name].layers}
     return [
@@ -112,6 +132,9 @@ def enumerate_keys(
             state = dict(zip(drivers, combo))
             cin = state[dep.cin_unit].channels if dep.cin_unit else base.cin
             cout = state[dep.cout_unit].channels if dep.cout_unit else base.cout
-            sparsity = state[dep.sparse_unit].sparsity if dep.sparse_unit else base.sparsity
-            keys.add(base.with_channels(cin, cout, sparsity))
+            key = base.with_channels(cin, cout)
+            sparse = state[dep.sparse_unit] if dep.sparse_unit else None
+            if sparse is not None and sparse.granularity and key.op in WEIGHTED_OPS:
+                key = sparse_key(key.dense(), sparse.granularity, sparse.ratio)
+            keys.add(key)
     return sorted(keys)

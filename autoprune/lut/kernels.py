@@ -5,12 +5,14 @@ network: LiteRT works in channels-last, so its kernel models take and return NHW
 tensors (litert-torch then emits the bare operator, with no layout transposes around it,
 as inside a converted network); ONNX Runtime works on the NCHW interface. Batch norm is
 folded into the convolution's bias as every runtime does; sparse keys get weights with
-that fraction of zeros, so whether sparsity pays off is measured, not assumed.
+that fraction of zeros in that pattern, so whether sparsity pays off is measured, not
+assumed.
 """
 from __future__ import annotations
 
+import re
 import zlib
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -43,33 +45,54 @@ def _act(name: str) -> nn.Module:
         raise AutopruneError(f"no activation {name!r} for kernel models; known: {', '.join(_ACTS)}") from None
 
 
-def _sparsify(layer: nn.Module, sparsity: float, generator: torch.Generator) -> None:
-    """Zero exactly ``sparsity`` of ``layer.weight``, at random positions."""
-    if sparsity <= 0:
+def _sparsify(layer: nn.Module, key: KernelKey, generator: torch.Generator) -> None:
+    """Zero ``key.sparsity`` of ``layer.weight`` in ``key.pattern`` (random positions for unstructured)."""
+    if key.sparsity <= 0:
         return
     weight = layer.weight.data
-    n_zero = int(round(sparsity * weight.numel()))
-    idx = torch.randperm(weight.numel(), generator=generator)[:n_zero]
-    weight.view(-1)[idx] = 0.0
+    scores = torch.rand(weight.shape, generator=generator)
+    nm = re.fullmatch(r"(\d+):(\d+)", key.pattern)
+    block = re.fullmatch(r"block(\d+)x(\d+)", key.pattern)
+    if nm:
+        from ..sparse import nm_mask
+
+        weight.mul_(nm_mask(scores, int(nm.group(1)), int(nm.group(2))))
+    elif block:
+        from ..sparse import block_mask
+
+        weight.mul_(block_mask(scores, key.sparsity, int(block.group(1)), int(block.group(2))))
+    else:
+        n_zero = int(round(key.sparsity * weight.numel()))
+        weight.view(-1)[torch.argsort(scores.flatten())[:n_zero]] = 0.0
 
 
 def _seeded(key: KernelKey) -> torch.Generator:
     return torch.Generator().manual_seed(zlib.crc32(key.id.encode()))
 
 
+def kernel_layer(key: KernelKey) -> nn.Module:
+    """The conv or linear layer of a weighted key, its weights sparse as the key says."""
+    if key.op == "linear":
+        layer: nn.Module = nn.Linear(key.cin, key.cout)
+    else:
+        layer = nn.Conv2d(key.cin, key.cout, key.kernel, key.stride, key.padding, groups=key.groups, bias=True)
+    _sparsify(layer, key, _seeded(key))
+    return layer
+
+
+def kernel_weight(model: nn.Module) -> Optional[torch.Tensor]:
+    """The weight of a kernel model's conv or linear layer, if it has one."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            return module.weight.detach()
+    return None
+
+
 @KERNEL_BUILDERS.register("conv")
 @KERNEL_BUILDERS.register("dwconv")
-def _conv(key: KernelKey) -> nn.Module:
-    conv = nn.Conv2d(key.cin, key.cout, key.kernel, key.stride, key.padding, groups=key.groups, bias=True)
-    _sparsify(conv, key.sparsity, _seeded(key))
-    return nn.Sequential(conv, _act(key.act))
-
-
 @KERNEL_BUILDERS.register("linear")
-def _linear(key: KernelKey) -> nn.Module:
-    layer = nn.Linear(key.cin, key.cout)
-    _sparsify(layer, key.sparsity, _seeded(key))
-    return nn.Sequential(layer, _act(key.act))
+def _weighted(key: KernelKey) -> nn.Module:
+    return nn.Sequential(kernel_layer(key), _act(key.act))
 
 
 class _AddConstant(nn.Module):

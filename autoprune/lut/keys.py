@@ -14,8 +14,9 @@ are grouped into kernels:
   ``concat``, ``bn`` and ``act`` when they stand alone.
 
 A key holds the input shape (channels, height, width), output channels, kernel, stride,
-padding, groups, fused activation and the weight sparsity bucket: masked or zeroed
-weights get their own keys, because whether a runtime runs them faster must be measured.
+padding, groups, fused activation, and the weights' sparsity bucket and pattern
+(unstructured, N:M, blocks): masked or zeroed weights get their own keys, because whether
+a runtime runs them faster must be measured, not assumed.
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ from ..errors import AutopruneError
 
 #: Weight sparsity is keyed in buckets of this width (fraction of zero weights).
 SPARSITY_STEP = 0.1
+#: Ops without weights, whose output channels are their input channels.
+WEIGHTLESS_OPS = ("add", "gpool", "maxpool", "avgpool", "bn", "act", "concat")
 
 _ACT_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish", nn.SiLU: "silu", nn.Sigmoid: "sigmoid", nn.Hardtanh: "relu6"}
 _ACT_FUNCTIONS = {
@@ -69,6 +72,7 @@ class KernelKey:
     groups: int = 1
     act: str = "none"
     sparsity: float = 0.0
+    pattern: str = ""
 
     @property
     def id(self) -> str:
@@ -78,21 +82,25 @@ class KernelKey:
             text += f":k{self.kernel}s{self.stride}p{self.padding}g{self.groups}"
         if self.act != "none":
             text += f":{self.act}"
-        if self.sparsity:
+        if self.sparsity or self.pattern:
             text += f":sp{self.sparsity:g}"
+            if self.pattern and self.pattern != "unstructured":
+                text += f"/{self.pattern}"
         return text
 
-    def with_channels(self, cin: int, cout: int, sparsity: Optional[float] = None) -> "KernelKey":
+    def with_channels(self, cin: int, cout: int) -> "KernelKey":
         """The same kernel with other channel counts, keeping what couples them (depthwise
         groups follow the channels, a reshape's output follows its input)."""
-        sparsity = self.sparsity if sparsity is None else sparsity
         if self.op == "dwconv":
-            return replace(self, cin=cin, cout=cin, groups=cin, sparsity=sparsity)
+            return replace(self, cin=cin, cout=cin, groups=cin)
         if self.op == "reshape":
             return replace(self, cin=cin, cout=cin * self.h * self.w)
-        if self.op in ("add", "gpool", "pool", "bn", "act"):
+        if self.op in WEIGHTLESS_OPS:
             return replace(self, cin=cin, cout=cin)
-        return replace(self, cin=cin, cout=cout, sparsity=sparsity)
+        return replace(self, cin=cin, cout=cout)
+
+    def dense(self) -> "KernelKey":
+        return replace(self, sparsity=0.0, pattern="")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,7 +112,10 @@ class KernelKey:
         for name in names:
             if name in data:
                 value = data[name]
-                out[name] = str(value) if name in ("op", "act") else float(value) if name == "sparsity" else int(value)
+                if name in ("op", "act", "pattern"):
+                    out[name] = "" if value is None else str(value)
+                else:
+                    out[name] = float(value) if name == "sparsity" else int(value)
         return cls(**out)
 
 
@@ -121,11 +132,46 @@ def sparsity_bucket(fraction: float) -> float:
     return round(round(float(fraction) / SPARSITY_STEP) * SPARSITY_STEP, 6)
 
 
-def weight_sparsity(module: nn.Module) -> float:
-    """Fraction of zero weights of a conv/linear layer, through its pruning mask when it has one."""
+def zero_mask(module: nn.Module) -> torch.Tensor:
+    """Where a conv/linear layer's weights are zero, through its pruning mask when it has one."""
     mask = getattr(module, "weight_mask", None)
     weight = mask if isinstance(mask, torch.Tensor) else module.weight
-    return float((weight.detach() == 0).float().mean())
+    return weight.detach() == 0
+
+
+#: Block shapes (output rows x reduction columns) recognised, largest first.
+BLOCKS = ((8, 8), (4, 4), (2, 2), (1, 8), (8, 1), (1, 4), (4, 1), (1, 2), (2, 1))
+#: Group sizes M of N:M patterns recognised.
+NM_GROUPS = (4, 8, 16)
+
+
+def sparsity_pattern(zero: torch.Tensor) -> str:
+    """How the zeros of a weight are laid out: ``""`` (none), ``"N:M"`` (the same number of zeros
+    in every M consecutive input channels), ``"blockHxW"`` (whole blocks of the matrix with
+    output rows and input channels innermost, as sparse kernels see it), else ``"unstructured"``."""
+    if not bool(zero.any()):
+        return ""
+    rows = zero.shape[0]
+    matrix = zero.movedim(1, -1).reshape(rows, -1) if zero.dim() > 2 else zero
+    cols = matrix.shape[1]
+    for m in NM_GROUPS:
+        if cols % m == 0 and cols >= m:
+            counts = matrix.reshape(rows, cols // m, m).sum(-1)
+            if bool((counts == counts.flatten()[0]).all()) and 0 < int(counts.flatten()[0]) < m:
+                return f"{m - int(counts.flatten()[0])}:{m}"
+    for h, w in BLOCKS:
+        if rows % h == 0 and cols % w == 0 and rows * cols > h * w:
+            blocks = matrix.reshape(rows // h, h, cols // w, w).float().mean(dim=(1, 3))
+            if bool(((blocks == 0) | (blocks == 1)).all()):
+                return f"block{h}x{w}"
+    return "unstructured"
+
+
+def weight_sparsity(module: nn.Module) -> tuple[float, str]:
+    """(sparsity bucket, pattern) of a conv/linear layer's weight."""
+    zero = zero_mask(module)
+    bucket = sparsity_bucket(float(zero.float().mean()))
+    return bucket, (sparsity_pattern(zero) if bucket > 0 else "")
 
 
 def trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
@@ -239,14 +285,14 @@ def _kernel_of(node: fx.Node, modules: dict[str, nn.Module], fused: set[fx.Node]
             depthwise = module.groups == cin and module.out_channels == cin and cin > 1
             key = KernelKey(
                 "dwconv" if depthwise else "conv", cin, h, w, module.out_channels, _pair(module.kernel_size),
-                _pair(module.stride), _padding(module),
-                module.groups, act, sparsity_bucket(weight_sparsity(module)),
+                _pair(module.stride), _padding(module), module.groups, act, *weight_sparsity(module),
             )
             return Kernel(key, str(node.target))
         if isinstance(module, nn.Linear):
             cin, h, w = _chw(in_shape)
             act = _absorb_activation(node, modules, fused)
-            return Kernel(KernelKey("linear", cin, h, w, module.out_features, act=act, sparsity=sparsity_bucket(weight_sparsity(module))), str(node.target))
+            sparsity, pattern = weight_sparsity(module)
+            return Kernel(KernelKey("linear", cin, h, w, module.out_features, act=act, sparsity=sparsity, pattern=pattern), str(node.target))
         if isinstance(module, nn.AdaptiveAvgPool2d) and _pair(module.output_size) == 1:
             return Kernel(KernelKey("gpool", *_with_cout(in_shape)))
         if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
@@ -303,7 +349,7 @@ def architecture(kernels: list[Kernel], model: nn.Module, example_input: torch.T
     input shape, shared also by variants with other depths."""
     import hashlib
 
-    layout = [(k.key.op, k.key.h, k.key.w, k.key.kernel, k.key.stride, k.key.padding, k.key.act) for k in kernels]
+    layout = [(k.key.op, k.key.h, k.key.w, k.key.kernel, k.key.stride, k.key.padding, k.key.act) for k in kernels]  # no channels, no sparsity
     digest = hashlib.sha1(repr(layout).encode()).hexdigest()[:12]
     family = f"{type(model).__name__}@{'x'.join(str(d) for d in example_input.shape[1:])}"
     return f"{family}/{len(kernels)}k-{digest}", family

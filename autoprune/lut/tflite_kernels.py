@@ -6,8 +6,8 @@ on its channel counts, though, only on its structure (operator, kernel, stride, 
 activation, spatial size, and whether a channel count is one, which turns a convolution
 into a depthwise one). So each structure is converted once with sentinel channel counts,
 and every key of that structure is written by renaming the sentinels in tensor shapes,
-integer constants and operator options, and refilling the weight buffers (with the key's
-fraction of zeros). The result loads in LiteRT and is checked to have the key's shapes.
+integer constants and operator options, and filling the weight buffer with the weights of
+the key's own kernel model (zeros in its sparsity pattern included). The result loads in LiteRT and is checked to have the key's shapes.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import torch
 from ..backends import Backend
 from ..errors import AutopruneError
 from .keys import KernelKey
-from .kernels import kernel_model
+from .kernels import kernel_model, kernel_weight
 
 _PRIMES = [p for p in range(37, 400) if all(p % d for d in range(2, int(p**0.5) + 1))]
 _FLOAT32, _INT32 = 0, 2  # TensorType codes of the TFLite schema
@@ -64,7 +64,7 @@ class TFLiteKernelWriter:
             a, b = _sentinels(key, self.batch_size)
             cin = 1 if key.cin == 1 else a
             cout = 1 if key.cout == 1 else b
-            template = key.with_channels(cin, cout, 0.0)
+            template = key.dense().with_channels(cin, cout)
             model, x = kernel_model(template, self.backend.name, self.batch_size)
             with tempfile.TemporaryDirectory(prefix="autoprune-tfl-") as tmp:
                 from .measure import export
@@ -86,15 +86,27 @@ class TFLiteKernelWriter:
             expected = tuple(model(x).shape)
         mapping = {template.cin: key.cin, template.cout: key.cout}
         mapping = {k: v for k, v in mapping.items() if k != 1}
-        patched = patch_model(content, mapping, key.sparsity, seed=zlib.crc32(key.id.encode()))
+        weight = kernel_weight(model)
+        patched = patch_model(content, mapping, None if weight is None else weight.numpy(), seed=zlib.crc32(key.id.encode()))
         _check(patched, key, tuple(x.shape), expected)
         path = Path(path)
         path.write_bytes(patched)
         return path, x.numpy()
 
 
-def patch_model(content: bytes, mapping: dict[int, int], sparsity: float = 0.0, seed: int = 0) -> bytes:
-    """``content`` with every dimension in ``mapping`` renamed and constant buffers refilled."""
+def tflite_layout(weight: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A PyTorch conv/linear weight in the layout of the TFLite tensor of ``shape``:
+    OHWI for convolutions, 1HWO for depthwise ones, OI for fully connected layers."""
+    if weight.ndim == 4:
+        weight = weight.transpose(1, 2, 3, 0) if shape[0] == 1 and weight.shape[1] == 1 else weight.transpose(0, 2, 3, 1)
+    if tuple(weight.shape) != tuple(shape):
+        raise AutopruneError(f"weight of shape {weight.shape} does not fit the TFLite tensor of shape {shape}")
+    return np.ascontiguousarray(weight, dtype=np.float32)
+
+
+def patch_model(content: bytes, mapping: dict[int, int], weight: Optional[np.ndarray] = None, seed: int = 0) -> bytes:
+    """``content`` with every dimension in ``mapping`` renamed and constant buffers refilled:
+    the largest float constant with ``weight`` (PyTorch layout), the others at random."""
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
@@ -102,7 +114,7 @@ def patch_model(content: bytes, mapping: dict[int, int], sparsity: float = 0.0, 
     rng = np.random.default_rng(seed)
     rename = np.vectorize(lambda d: mapping.get(int(d), int(d)), otypes=[np.int32])
     refilled: set[int] = set()
-    weights: Optional[tuple[int, int]] = None
+    largest: Optional[tuple[int, int, tuple[int, ...]]] = None
     for graph in model.subgraphs:
         for tensor in graph.tensors:
             if tensor.shape is not None and len(tensor.shape):
@@ -117,17 +129,15 @@ def patch_model(content: bytes, mapping: dict[int, int], sparsity: float = 0.0, 
             if tensor.type == _FLOAT32:
                 values = (rng.standard_normal(size) * 0.1).astype(np.float32)
                 buffer.data = np.frombuffer(values.tobytes(), dtype=np.uint8)
-                if weights is None or size > weights[1]:
-                    weights = (tensor.buffer, size)
+                if largest is None or size > largest[1]:
+                    largest = (tensor.buffer, size, tuple(int(d) for d in tensor.shape))
             elif tensor.type == _INT32:
                 values = np.frombuffer(bytes(bytearray(buffer.data)), dtype=np.int32)
                 buffer.data = np.frombuffer(rename(values).astype(np.int32).tobytes(), dtype=np.uint8)
         for op in graph.operators:
             _rename_options(op.builtinOptions, mapping)
-    if sparsity > 0 and weights is not None:
-        data = np.frombuffer(bytes(bytearray(model.buffers[weights[0]].data)), dtype=np.float32).copy()
-        data[rng.permutation(data.size)[: int(round(sparsity * data.size))]] = 0.0
-        model.buffers[weights[0]].data = np.frombuffer(data.tobytes(), dtype=np.uint8)
+    if weight is not None and largest is not None:
+        model.buffers[largest[0]].data = np.frombuffer(tflite_layout(weight, largest[2]).tobytes(), dtype=np.uint8)
     builder = flatbuffers.Builder(max(1024, len(content) * 2))
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
