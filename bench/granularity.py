@@ -14,8 +14,8 @@ medians and the spread of round medians (noise). Size: the exported file, and th
 file gzip-compressed (masks leave zeros that only compression, or a sparse format, turns
 into bytes saved).
 
-Run: ``python -m bench.granularity [--quick]``; results go to ``bench/results/granularity.{md,csv}``,
-rows written as they come.
+Run: ``python -m bench.granularity [--quick] [--parts cnn|minilm]``; results go to
+``bench/results/granularity.{md,csv}`` (``granularity_PART.*`` for one part), rows written as they come.
 """
 from __future__ import annotations
 
@@ -113,11 +113,11 @@ def time_interleaved(files: dict[str, dict[str, Path]], x: torch.Tensor, rounds:
     return result
 
 
-def write(rows: list[Row], info: dict[str, str], notes: list[str], recipes: dict[str, str]) -> None:
+def write(rows: list[Row], info: dict[str, str], notes: list[str], recipes: dict[str, str], stem: str = "granularity") -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     records = [flat(r) for r in rows]
     keys = list(dict.fromkeys(k for r in records for k in r))
-    with open(RESULTS / "granularity.csv", "w", newline="") as f:
+    with open(RESULTS / f"{stem}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, keys)
         writer.writeheader()
         writer.writerows(records)
@@ -146,7 +146,7 @@ def write(rows: list[Row], info: dict[str, str], notes: list[str], recipes: dict
                 cells[0] += f" (failed: {r.error})"
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-    (RESULTS / "granularity.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 
 def _fmt(value: Optional[float], digits: int = 4) -> str:
@@ -268,8 +268,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer variants, small data subsets, fewer timing rounds")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
     parser.add_argument("--repeats", type=int, default=100, help="timed calls per round")
-    parser.add_argument("--parts", default="cnn,minilm", help="comma-separated: cnn, minilm")
+    parser.add_argument("--parts", default="cnn,minilm", help="comma-separated: cnn, minilm (run separately, in parallel, they write granularity_PART.*)")
     args = parser.parse_args(argv)
+    args.stem = "granularity" if "," in args.parts else f"granularity_{args.parts}"
     if args.quick:
         args.rounds, args.repeats = min(args.rounds, 3), min(args.repeats, 30)
     args.protect = {"resnet20": ("stem", "classifier"), "minilm": ()}
@@ -294,7 +295,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     def on_row() -> None:
         info["elapsed_s"] = f"{time.perf_counter() - started:.0f}"
-        write(rows, info, notes, recipes)
+        write(rows, info, notes, recipes, args.stem)
 
     parts = args.parts.split(",")
     if "cnn" in parts:
