@@ -390,3 +390,62 @@ class ResultsMeasurer:
 
     def describe(self) -> dict[str, Any]:
         return {"bundle": str(self.bundle.path), "tool": "benchmark_model", "settings": self.bundle.settings}
+
+
+# --- Profiling a device through a bundle: the profiler's own pass, twice ------------------
+
+
+def _scratch_device(device: Any, folder: Path) -> Any:
+    """A copy of ``device`` whose profile folder is ``folder``, holding a copy of its table."""
+    import shutil
+
+    if device.path is not None and device.path.is_dir():
+        shutil.copytree(device.path, folder, dirs_exist_ok=True)
+    scratch = device.model_copy()
+    scratch._path = folder
+    return scratch
+
+
+def bundle_profile(device: Any, bundle_dir: Path | str, profile_args: Mapping[str, Any]) -> tuple[Bundle, Path]:
+    """Write the bundle that profiling ``device`` needs: every file the profiler would time.
+
+    The profiler (:func:`autoprune.lut.profile`, with ``profile_args`` its model, example
+    input, units, space and options) runs against a scratch copy of the device's table with
+    :class:`BundleMeasurer`, so it asks for exactly the kernel and calibration models the
+    real table lacks, and the device's table is untouched. Returns the bundle and its script.
+    """
+    import tempfile
+
+    from .lut import profile
+
+    if device.backend != "tflite":
+        raise AutopruneError(f"device {device.name!r} runs {device.backend}; benchmark_model bundles are for tflite devices (use --remote with the agent otherwise)")
+    bundle = Bundle.create(bundle_dir, device.name, device.threads, device.warmup, device.repeats)
+    with tempfile.TemporaryDirectory(prefix="autoprune-bundle-") as tmp:
+        profile(_scratch_device(device, Path(tmp) / device.name), measurer=BundleMeasurer(bundle), **profile_args)
+    return bundle, bundle.write()
+
+
+def results_measurer(results: Path | str, device: str, bundle_dir: Optional[Path | str] = None) -> ResultsMeasurer:
+    """The :class:`ResultsMeasurer` for ``device`` from benchmark_model ``results``; the bundle
+    is ``bundle_dir``, else the folder holding ``results`` (or ``results`` itself)."""
+    results = Path(results)
+    if bundle_dir is None:
+        candidates = [results, results.parent] if results.is_dir() else [results.parent, results.parent.parent]
+        bundle_dir = next((c for c in candidates if (c / MANIFEST).is_file()), None)
+        if bundle_dir is None:
+            raise AutopruneError(f"no {MANIFEST} beside {results}; give the bundle folder with --bundle")
+    measurer = ResultsMeasurer.read(bundle_dir, results)
+    written_for = measurer.bundle.settings.get("device")
+    if written_for != device:
+        raise AutopruneError(f"bundle {measurer.bundle.path} was written for device {written_for!r}, not {device!r}")
+    return measurer
+
+
+def import_profile(device: Any, results: Path | str, profile_args: Mapping[str, Any], bundle_dir: Optional[Path | str] = None) -> Any:
+    """Fill ``device``'s table from benchmark_model results of a bundle written by
+    :func:`bundle_profile`: the same profiling pass, answered from the results (matched by
+    file content). Returns the profiler's report."""
+    from .lut import profile
+
+    return profile(device, measurer=results_measurer(results, device.name, bundle_dir), **profile_args)

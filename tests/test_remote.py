@@ -101,3 +101,127 @@ def test_bundle_round_trip_matches_results_to_models_by_content(tmp_path, tflite
     with pytest.raises(AutopruneError, match="not in the bundle"):
         measure(other)
 
+
+
+def _device(root: Path, name: str, backend: str, local: bool) -> None:
+    import yaml
+
+    (root / name).mkdir(parents=True)
+    settings = {"name": name, "backend": backend, "threads": 1, "batch_size": 1, "warmup": 5, "repeats": 40, "local": local}
+    (root / name / "device.yaml").write_text(yaml.safe_dump(settings))
+
+
+def _profile_args(tmp_path: Path, name: str, calibration: int = 3) -> list[str]:
+    import yaml
+
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"rules": [{"match": "*", "pruning_ratio": {"low": 0.0, "high": 0.5, "step": 0.5}}], "protect": ["stem", "classifier"]}))
+    return ["profile", "--device", name, "--space", str(space), "--task", "digits", "--task-option", "model=resnet-tiny",
+            "--task-option", "epochs=3", "--calibration", str(calibration), "--rounds", "1", "--no-progress"]
+
+
+@pytest.fixture
+def agent_url(tmp_path):
+    """A profiling agent started as its own process on loopback, with a token."""
+    import sys
+
+    import autoprune.agent
+
+    proc = subprocess.Popen(
+        [sys.executable, autoprune.agent.__file__, "serve", "--port", "0", "--quiet", "--token", "tok"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    line = proc.stdout.readline()
+    assert "serving on" in line, proc.stderr.read()[-2000:]
+    yield line.split("serving on ", 1)[1].split()[0]
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_profile_through_the_agent_matches_local_profiling(tmp_path, monkeypatch, agent_url):
+    import csv
+
+    import numpy as np
+
+    from autoprune.cli import main
+    from autoprune.devices import load_device
+    from autoprune.lut import load_table
+
+    root = tmp_path / "profiles"
+    _device(root, "ort-here", "onnxruntime-cpu", local=True)
+    _device(root, "ort-agent", "onnxruntime-cpu", local=False)
+    monkeypatch.setenv("AUTOPRUNE_PROFILES", str(root))
+    assert main(_profile_args(tmp_path, "ort-here")) == 0
+    assert main([*_profile_args(tmp_path, "ort-agent"), "--remote", agent_url, "--token", "tok"]) == 0
+
+    here, there = load_table(load_device("ort-here")), load_table(load_device("ort-agent"))
+    assert set(here.rows) == set(there.rows) and len(here.rows) > 5
+    with open(here.table_path) as a, open(there.table_path) as b:
+        assert csv.DictReader(a).fieldnames == csv.DictReader(b).fieldnames  # the same table format
+    assert there.meta.machine["agent"] == agent_url and there.meta.overhead_ms > 0
+    assert len(there.meta.calibration) == len(here.meta.calibration) == 3
+    ratios = np.array([there.rows[k]["median_ms"] / here.rows[k]["median_ms"] for k in here.rows])
+    # Same machine, same runtime: kernels of a few microseconds differ only by timing noise.
+    assert 0.67 < np.median(ratios) < 1.5 and np.mean((ratios > 0.5) & (ratios < 2)) >= 0.8, ratios
+    measured = {p.label: p.measured_ms for p in there.meta.calibration}
+    assert all(0.5 < measured[p.label] / p.measured_ms < 2 for p in here.meta.calibration)
+
+
+def _benchmark_model_stand_in(bundle_dir: Path) -> Path:
+    """Time every bundled file with LiteRT here and write each result as benchmark_model
+    2.1x prints it, since benchmark_model itself cannot run on this machine."""
+    import statistics
+
+    from autoprune.backends import get_backend
+
+    backend = get_backend("tflite")
+    settings = json.loads((bundle_dir / "manifest.json").read_text())["settings"]
+    results = bundle_dir / "results"
+    results.mkdir()
+    for model in sorted((bundle_dir / "models").glob("*.tflite")):
+        import numpy as np
+        from ai_edge_litert.interpreter import Interpreter
+
+        shape = Interpreter(model_path=str(model)).get_input_details()[0]["shape"]
+        stats = backend.measure(model, np.zeros(shape, np.float32), settings["threads"], settings["warmup"], settings["repeats"])
+        us = lambda ms: int(round(ms * 1e3))  # noqa: E731
+        (results / f"{model.stem}.txt").write_text(
+            "INFO: STARTING!\n"
+            f"INFO: Graph: [/data/local/tmp/autoprune/{model.name}]\n"
+            f"INFO: Running benchmark for at least {settings['repeats']} iterations and at least 0 seconds but terminate if exceeding 150 seconds.\n"
+            f"INFO: count={stats.repeats} first={us(stats.p90_ms)} curr={us(stats.median_ms)} min={us(stats.p10_ms)} max={us(stats.p90_ms)} "
+            f"avg={stats.median_ms * 1e3:g} std=1 p5={us(stats.p10_ms)} median={us(stats.median_ms)} p95={us(stats.p90_ms)}\n\n"
+            f"INFO: Inference timings in us: Init: 900, First inference: {us(stats.p90_ms)}, Warmup (avg): {us(stats.p90_ms)}, Inference (avg): {stats.median_ms * 1e3:g}\n"
+        )
+    return results
+
+
+@pytest.mark.tflite
+def test_bundle_for_benchmark_model_then_import_fills_the_table(tmp_path, monkeypatch):
+    from autoprune.backends import get_backend
+    from autoprune.cli import main
+
+    ok, why = get_backend("tflite").available()
+    if not ok:
+        pytest.skip(why)
+    from autoprune.devices import load_device
+    from autoprune.lut import has_table, load_table
+
+    root = tmp_path / "profiles"
+    _device(root, "phone", "tflite", local=False)
+    monkeypatch.setenv("AUTOPRUNE_PROFILES", str(root))
+    args = _profile_args(tmp_path, "phone", calibration=1)  # each calibration model is a litert-torch conversion
+    bundle = tmp_path / "bundle"
+    assert main([*args, "--bundle", str(bundle)]) == 0
+    assert not has_table(load_device("phone"))  # writing the bundle timed nothing and left the device alone
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["settings"] == {"device": "phone", "threads": 1, "warmup": 5, "repeats": 40, "use_xnnpack": True}
+    assert len(manifest["models"]) == len(list((bundle / "models").glob("*.tflite"))) > 5
+
+    results = _benchmark_model_stand_in(bundle)
+    assert main([*args, "--import", str(results)]) == 0
+    table = load_table(load_device("phone"))
+    assert len(table.rows) > 5 and len(table.meta.calibration) == 1
+    assert table.meta.machine["tool"] == "benchmark_model"
+    parsed = {run.median_ms for f in results.glob("*.txt") for run in parse_benchmark_output(f.read_text())}
+    assert {round(r["median_ms"], 6) for r in table.rows.values()} <= {round(v, 6) for v in parsed}
