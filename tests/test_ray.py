@@ -81,7 +81,7 @@ class Cluster:
     def start_node(self, num_cpus: int = 1, head: bool = False) -> subprocess.Popen:
         ports = ["--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(free_port())]
         where = ["--head", "--port", str(self.port), "--include-dashboard", "false"] if head else ["--address", self.address]
-        cmd = [str(RAY), "start", "--block", *where, "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus), "--temp-dir", str(self.root), "--disable-usage-stats", *ports]
+        cmd = [str(RAY), "start", "--block", *where, "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus), "--num-gpus", "0", "--temp-dir", str(self.root), "--disable-usage-stats", *ports]
         log = open(self.root / f"node{len(self.nodes)}.log", "w")
         node = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.nodes.append(node)
