@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 from .errors import AutopruneError
 
 #: Modules of autoprune.commands, each adding its subcommands.
-COMMAND_MODULES = ["search", "front", "export", "report", "profile", "lut"]
+COMMAND_MODULES = ["search", "front", "export", "report", "bench", "profile", "lut"]
 
 
 def build_parser() -> argparse.ArgumentParser:
