@@ -41,6 +41,9 @@ from .machine import machine_markdown
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 DEVICES = ["onnxruntime-cpu", "tflite"]
+#: Fashion-MNIST as the project's other CNN benchmarks use it (bench/granularity.py): the dense
+#: model trained 4 epochs on 12k training images, validated on 2k test images.
+TASK_OPTIONS = {"train_size": 12000, "epochs": 4, "val_size": 2000}
 TARGETS = [1.5, 2.0, 3.0]
 
 
@@ -51,7 +54,7 @@ def study_config(model: str, args: argparse.Namespace) -> Path:
     config = {
         "name": f"bench-export-{model}",
         "task": args.task,
-        "task_options": {"model": model},
+        "task_options": {"model": model, **(TASK_OPTIONS if args.task == "fashion-mnist" else {})},
         "search_space": str(ROOT / "search_spaces" / "cnn_channel.yaml"),
         "devices": DEVICES,
         "latency": args.latency,
@@ -139,14 +142,16 @@ def write_report(df: pd.DataFrame, metas: dict, args: argparse.Namespace, machin
         "# Exported front members per device",
         "",
         f"Recipe: task {args.task}"
-        + (" (60k train, 2k validation images)" if args.task == "fashion-mnist" else "")
+        + (f" {TASK_OPTIONS} (dense model trained by the task, 12k training images, 2k validation images)" if args.task == "fashion-mnist" else "")
         + ", search space cnn_channel.yaml (channel pruning, ratios 0..0.8), "
         f"NSGA-II (population 8), {args.trials} trials per model on devices {', '.join(DEVICES)} (batch 1, one thread); "
         f"trial fine-tune {args.search_steps} SGD steps of batch 64, export fine-tune {args.export_steps} steps; latency `{args.latency}`. "
         f"Every front member of each device was exported; measured latencies come from the device backend, alternating 3 rounds with the dense model exported the same way. "
         "Wall times per model are under Studies (the machine is shared: see its load below).",
         "",
-        "Command: `python -m bench.export " + " ".join(f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}" for k, v in vars(args).items()) + "`",
+        "Command: `python -m bench.export "
+        + " ".join(f"--{k.replace('_', '-')} {' '.join(df.model.unique()) if k == 'models' else v}" for k, v in vars(args).items() if k != "work")
+        + "` (models may also run as separate processes, one `--models M` each).",
         "",
         "## Machine",
         "",
@@ -165,7 +170,7 @@ def write_report(df: pd.DataFrame, metas: dict, args: argparse.Namespace, machin
         )
         for _, r in part[part.targets != ""].iterrows():
             lines.append(
-                f"| {model} | {device} | trial {r.trial} (≈{r.targets}) | {f(r.accuracy_search)} → {f(r.accuracy_export)} | {f(r.size_bytes / 1024, 3)} | "
+                f"| {model} | {device} | trial {int(r.trial)} (≈{r.targets}) | {f(r.accuracy_search)} → {f(r.accuracy_export)} | {f(r.size_bytes / 1024, 3)} | "
                 f"{f(r.latency_ms_predicted)} | {f(r.latency_ms_measured)} | {f(r.speedup_predicted, 3)}x | {f(r.speedup_measured, 3)}x | {f(r.realised_over_predicted, 3)} |"
             )
     lines += [
@@ -208,24 +213,25 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     log = lambda msg: print(f"[{(time.perf_counter() - started) / 60:6.1f} min] {msg}", flush=True)  # noqa: E731
-    rows, metas = previous(args.models)
     for model in args.models:
-        model_rows, metas[model] = bench_model(model, args, log)
-        rows = rows[rows.model != model] if len(rows) else rows
+        model_rows, meta = bench_model(model, args, log)
+        rows, metas = previous([model])  # read now: another run may have written other models meanwhile
         rows = pd.concat([rows, pd.DataFrame(model_rows)], ignore_index=True)
+        metas[model] = meta
         (RESULTS / "export.json").write_text(json.dumps(metas, indent=2))
         write_report(rows, metas, args, machine, time.perf_counter() - started)
         log(f"wrote {RESULTS / 'export.md'}")
 
 
 def previous(models: list[str]) -> tuple[pd.DataFrame, dict]:
-    """Rows and study notes of models benchmarked by earlier runs (one model per run is allowed)."""
+    """Rows and study notes already in bench/results of models other than ``models``."""
     csv, notes = RESULTS / "export.csv", RESULTS / "export.json"
-    rows = pd.read_csv(csv, keep_default_na=False, na_values=[""]) if csv.exists() else pd.DataFrame()
+    rows = pd.read_csv(csv, keep_default_na=False, na_values=[""]) if csv.exists() else pd.DataFrame(columns=["model"])
+    rows = rows[~rows.model.isin(models)]
+    rows["targets"] = rows["targets"].fillna("") if "targets" in rows else ""
     metas = json.loads(notes.read_text()) if notes.exists() else {}
-    if len(rows):
-        rows["targets"] = rows["targets"].fillna("")
-    return rows, {k: v for k, v in metas.items() if k in set(rows.model) - set(models)} if len(rows) else {}
+    return rows, {k: v for k, v in metas.items() if k in set(rows.model)}
+
 
 if __name__ == "__main__":
     main()
