@@ -100,8 +100,8 @@ class AgentClient:
 class AgentMeasurer:
     """A ``measure(path, example_input, threads, warmup, repeats)`` that times on the agent.
 
-    The agent feeds random inputs of the file's own shape, so ``example_input`` is only
-    checked for its shape's sake by the caller and not sent.
+    The agent feeds random inputs of the file's own shapes and dtypes, so
+    ``example_input`` is not sent.
     """
 
     client: AgentClient
