@@ -12,7 +12,9 @@ it on the device beside the dense model (alternating rounds), and reports:
 * dense vs the members nearest 1.5x, 2x and 3x predicted speedup: accuracy, file size,
   predicted and measured latency, and the realised/predicted speedup ratio;
 * Kendall's tau between the members' short-fine-tune accuracy and their accuracy after
-  the export fine-tune, per device and over the union of members.
+  the export fine-tune, per device and over the union of members;
+* with ``--int8`` (after the studies exist): int8 post-training quantization, dynamic and
+  static, of the member nearest 2x per device, its accuracy re-measured through the file.
 
 Writes bench/results/export.md, export.csv (every exported member) and export.json (the
 studies); rows of models not named in a run are kept, so models can be run separately. The
@@ -128,6 +130,37 @@ def bench_model(model: str, args: argparse.Namespace, log) -> tuple[list[dict], 
     return rows, meta
 
 
+def bench_int8(model: str, args: argparse.Namespace, log) -> list[dict]:
+    """Int8 post-training quantization of the member nearest 2x predicted speedup per device,
+    both modes, on a study :func:`bench_model` ran (no new trials)."""
+    study = run_study(load_config(study_config(model, args)), progress=False)
+    records, baseline = study.records(), study.baseline()
+    exporter = Exporter(study)
+    rows = []
+    for device in DEVICES:
+        member = nearest(device_front(records, device), device, baseline["latency_ms"][device], 2.0)
+        for mode in ("dynamic", "static"):
+            t = time.perf_counter()
+            out = Path(args.work) / model / "exports-int8" / device / mode
+            card = exporter.export(ExportRequest(device, max_latency_ms=member.latency_ms[device], quantize=mode), out)
+            q = card["quantized"]
+            rows.append(
+                {
+                    "model": model, "device": device, "trial": member.number, "mode": mode, "method": q["method"],
+                    "accuracy_float": card["accuracy"], "accuracy_int8": q["accuracy"],
+                    "top1_agreement_vs_float": q["parity_vs_float"]["top1_agreement"],
+                    "size_bytes_float": card["size_bytes"], "size_bytes_int8": q["size_bytes"],
+                    "latency_ms_float": card["latency_ms_measured"], "latency_ms_int8": q["latency_ms_measured"],
+                    "speedup_int8_over_float": q["speedup_over_float_measured"],
+                    "speedup_int8_over_dense": card["latency_ms_dense_measured"] / q["latency_ms_measured"],
+                    "input_dtype": q["input_dtype"],
+                }
+            )
+            log(f"  int8 {mode} {device} trial {member.number}: accuracy {card['accuracy']:.4f} -> {q['accuracy']:.4f}, "
+                f"{card['size_bytes']} -> {q['size_bytes']} bytes, {q['speedup_over_float_measured']:.2f}x over float ({time.perf_counter() - t:.0f} s)")
+    return rows
+
+
 def tau(df: pd.DataFrame) -> tuple[float, float, int]:
     if len(df) < 3:
         return float("nan"), float("nan"), len(df)
@@ -150,8 +183,8 @@ def write_report(df: pd.DataFrame, metas: dict, args: argparse.Namespace, machin
         "Wall times per model are under Studies (the machine is shared: see its load below).",
         "",
         "Command: `python -m bench.export "
-        + " ".join(f"--{k.replace('_', '-')} {' '.join(df.model.unique()) if k == 'models' else v}" for k, v in vars(args).items() if k != "work")
-        + "` (models may also run as separate processes, one `--models M` each).",
+        + " ".join(f"--{k.replace('_', '-')} {' '.join(df.model.unique()) if k == 'models' else v}" for k, v in vars(args).items() if k not in ("work", "int8"))
+        + "` (models may also run as separate processes, one `--models M` each), then the same command with `--int8`.",
         "",
         "## Machine",
         "",
@@ -186,6 +219,23 @@ def write_report(df: pd.DataFrame, metas: dict, args: argparse.Namespace, machin
             lines.append(f"| {model} / {device} front | {n} | {f(t, 3)} | {f(p, 2)} |")
         t, p, n = tau(part.drop_duplicates("trial"))
         lines.append(f"| {model} / union of fronts | {n} | {f(t, 3)} | {f(p, 2)} |")
+    int8_csv = RESULTS / "export_int8.csv"
+    if int8_csv.exists():
+        q = pd.read_csv(int8_csv)
+        lines += [
+            "",
+            "## Int8 post-training quantization of the member nearest 2x (accuracy re-measured through the file)",
+            "",
+            "| model | device | member | mode | accuracy float → int8 | top-1 agreement with float | size KiB float → int8 | latency ms float → int8 | int8 speedup over float | over dense |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for _, r in q.iterrows():
+            lines.append(
+                f"| {r.model} | {r.device} | trial {int(r.trial)} | {r['mode']} | {f(r.accuracy_float)} → {f(r.accuracy_int8)} | {f(r.top1_agreement_vs_float, 3)} | "
+                f"{f(r.size_bytes_float / 1024, 3)} → {f(r.size_bytes_int8 / 1024, 3)} | {f(r.latency_ms_float)} → {f(r.latency_ms_int8)} | "
+                f"{f(r.speedup_int8_over_float, 3)}x | {f(r.speedup_int8_over_dense, 3)}x |"
+            )
+        lines += ["", "Methods: " + "; ".join(f"{m}" for m in q.method.unique()) + "."]
     lines += [
         "",
         "## Studies",
@@ -207,12 +257,20 @@ def main() -> None:
     parser.add_argument("--export-steps", type=int, default=400, help="fine-tune steps per exported member")
     parser.add_argument("--latency", choices=["auto", "lut", "measured"], default="measured", help="the studies' latency estimator")
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench-export"))
+    parser.add_argument("--int8", action="store_true", help="only quantize the ≈2x members of studies already run (export_int8.csv)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     machine = machine_markdown()
     RESULTS.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     log = lambda msg: print(f"[{(time.perf_counter() - started) / 60:6.1f} min] {msg}", flush=True)  # noqa: E731
+    if args.int8:
+        rows = pd.concat([pd.DataFrame(bench_int8(model, args, log)) for model in args.models], ignore_index=True)
+        rows.to_csv(RESULTS / "export_int8.csv", index=False)
+        done, metas = previous([])
+        write_report(done, metas, args, machine, time.perf_counter() - started)
+        log(f"wrote {RESULTS / 'export_int8.csv'} and {RESULTS / 'export.md'}")
+        return
     for model in args.models:
         model_rows, meta = bench_model(model, args, log)
         rows, metas = previous([model])  # read now: another run may have written other models meanwhile
