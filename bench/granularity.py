@@ -288,7 +288,8 @@ def transformer_table_check(args: argparse.Namespace, info: dict[str, str]) -> N
             choices[name] = UnitChoice(us.rule.granularities[0], rng.choice(grid), us.rule.criteria[0])
         plans[f"random {i}"] = Plan.from_dict(choices)
     folder = Path(tempfile.mkdtemp(prefix="bench-transformer-table-"))
-    models = {name: apply_plan(task.model, plan, units, x) for name, plan in plans.items()}
+    calibration = Calibration(task.train, task.loss)
+    models = {name: apply_plan(task.model, plan, units, x, calibration=calibration) for name, plan in plans.items()}
     files = {name: export_all(m, x, folder, name.replace(" ", "_").replace("%", "").replace("+", "_").replace(",", "")) for name, m in models.items()}
     measured = time_interleaved(files, x, args.rounds, args.repeats)
     keys = space_keys(task.model, space, seq)
