@@ -14,7 +14,7 @@ from autoprune.criteria import CRITERIA, Calibration
 from autoprune.depth import SkippedBlock
 from autoprune.distill import Distillation, distillation_loss, kd_term
 from autoprune.errors import AutopruneError, ConfigError, UnknownNameError
-from autoprune.granularity import GRANULARITIES, PruneContext, channel_scores, fold_masks, kept_channels, refresh_masks
+from autoprune.granularity import GRANULARITIES, PruneContext, channel_scores, kept_channels, refresh_masks
 from autoprune.latency import deployable
 from autoprune.models import MODELS
 from autoprune.plan import Plan, UnitChoice
