@@ -122,3 +122,18 @@ def uniform_plans(space: Mapping[str, UnitSpace], steps: Optional[int] = None) -
             seen.add(plan.key)
             plans.append(plan)
     return plans
+
+
+def warm_start_plans(space: Mapping[str, UnitSpace], n: int) -> list[Plan]:
+    """``n`` uniform plans evenly spread from the least to the most pruned (all when n exceeds them).
+
+    Controllers seed their first trials with these so the front spans the latency range early.
+    """
+    plans = uniform_plans(space)
+    if n >= len(plans):
+        return plans
+    if n <= 0:
+        return []
+    if n == 1:
+        return [plans[len(plans) // 2]]
+    return [plans[int(round(i * (len(plans) - 1) / (n - 1)))] for i in range(n)]

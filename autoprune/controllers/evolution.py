@@ -19,7 +19,7 @@ from ..plan import Plan, UnitChoice
 from ..search_space import UnitSpace
 from ..trial import TrialResult
 from .base import CONTROLLERS, Controller, Proposal, random_plan
-from .encoding import complete_plan, grid_index, ratio_grid, snap_ratio, uniform_plans
+from .encoding import complete_plan, grid_index, ratio_grid, snap_ratio, warm_start_plans
 from .selection import crowding_distances, minimised, nondominated_ranks, usable
 
 #: Tries at making a child no trial has evaluated yet before accepting a repeat.
@@ -75,7 +75,7 @@ class EvolutionController(Controller):
         self.mutation_units = mutation_units
         self.shift_prob = shift_prob
         self._units = list(self.space)
-        self._warm = deque(_spread(uniform_plans(self.space), warm_start))
+        self._warm = deque(warm_start_plans(self.space, warm_start))
         self._population: deque[tuple[dict[str, UnitChoice], np.ndarray]] = deque(maxlen=population_size)
         self._ranking: Optional[tuple[np.ndarray, np.ndarray]] = None
         self._seen: set[str] = set()
@@ -170,17 +170,6 @@ class EvolutionController(Controller):
 def _check(key: str, value: Any, ok: bool, rule: str) -> None:
     if not ok:
         raise ConfigError(f"controller_options.{key}: must be {rule}, but got {key}={value!r}")
-
-
-def _spread(plans: list[Plan], n: int) -> list[Plan]:
-    """``n`` of ``plans`` evenly spaced from first to last (all of them when n >= len)."""
-    if n >= len(plans):
-        return list(plans)
-    if n <= 0:
-        return []
-    if n == 1:
-        return [plans[len(plans) // 2]]
-    return [plans[int(round(i * (len(plans) - 1) / (n - 1)))] for i in range(n)]
 
 
 def _move_ratio(us: UnitSpace, choice: UnitChoice, steps: int) -> UnitChoice:

@@ -14,11 +14,13 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
+from ..errors import ConfigError
 from ..objectives import values
 from ..plan import Plan, UnitChoice
 from ..search_space import UnitSpace
 from ..trial import COMPLETE, STOPPED, TrialResult
 from .base import CONTROLLERS, Controller, Proposal
+from .encoding import warm_start_plans
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -61,13 +63,19 @@ def plan_to_params(plan: Plan, space: Mapping[str, UnitSpace]) -> dict[str, Any]
 
 
 class OptunaController(Controller):
-    """Base of controllers backed by an Optuna sampler and study storage."""
+    """Base of controllers backed by an Optuna sampler and study storage.
+
+    ``warm_start`` (0): a new study's first trials are that many uniform plans spread over
+    the ratio range, enqueued before the sampler takes over.
+    """
 
     uses_optuna_storage = True
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, warm_start: int = 0, **kwargs: Any) -> None:
         sampler_options = {k: kwargs.pop(k) for k in list(kwargs) if k in self.sampler_options}
         super().__init__(*args, **kwargs)
+        if warm_start < 0:
+            raise ConfigError(f"controller_options.warm_start: must be >= 0, but got {warm_start}")
         storage = self.storage
         if storage is None and self.study_dir is not None:
             Path(self.study_dir).mkdir(parents=True, exist_ok=True)
@@ -81,6 +89,9 @@ class OptunaController(Controller):
         )
         self._dists = distributions(self.space)
         self._pending: dict[int, optuna.Trial] = {}
+        if warm_start and not self.study.trials:
+            for plan in warm_start_plans(self.space, warm_start):
+                self.study.enqueue_trial(plan_to_params(plan, self.space))
 
     sampler_options: tuple[str, ...] = ()
 

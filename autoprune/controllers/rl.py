@@ -23,8 +23,8 @@ from ..plan import Plan, UnitChoice
 from ..search_space import UnitSpace
 from ..trial import TrialResult
 from .base import CONTROLLERS, Controller, Proposal
-from .encoding import complete_plan, snap_ratio, uniform_plans
-from .evolution import MAX_TRIES, _spread
+from .encoding import complete_plan, snap_ratio, warm_start_plans
+from .evolution import MAX_TRIES
 from .selection import usable
 
 GOLDEN = (math.sqrt(5) - 1) / 2
@@ -175,7 +175,7 @@ class RLController(Controller):
         self.actor_target, self.critic_target = copy.deepcopy(self.actor), copy.deepcopy(self.critic)
         self.actor_optimiser = torch.optim.Adam(self.actor.parameters(), lr=actor_lr)
         self.critic_optimiser = torch.optim.Adam(self.critic.parameters(), lr=critic_lr)
-        self._warm = list(_spread(uniform_plans(self.space), warm_start))
+        self._warm = warm_start_plans(self.space, warm_start)
         self._offset = float(np.random.default_rng([self.seed, 7]).random())
         self._episodes: list[Episode] = []
         self._budgets: dict[int, float] = {}
@@ -304,7 +304,7 @@ class RLController(Controller):
         return as_tensor(states), as_tensor(actions), as_tensor(ratios)
 
     def _is_warm(self, proposal: Proposal) -> bool:
-        return proposal.trial_id < self.warm_start and proposal.plan.key in {p.key for p in _spread(uniform_plans(self.space), self.warm_start)}
+        return proposal.trial_id < self.warm_start and proposal.plan.key in {p.key for p in warm_start_plans(self.space, self.warm_start)}
 
     # -- learning --------------------------------------------------------------------
     def _references(self) -> np.ndarray:
