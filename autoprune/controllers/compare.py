@@ -419,7 +419,9 @@ def _markdown(comparison: Comparison, runs, summary, plot_name: str, notes: str)
         f"device `{device}`, latency **{comparison.latency_method}**"
         + (" (lookup table: speedups are predicted)" if comparison.latency_method != "measured" else " (no lookup table for this device: every plan was exported and timed, median of the profile's repeats; noisy under load)"),
         f"- Dense model: accuracy {pct(baseline['accuracy'])}%, latency {baseline['latency_ms'][device]:.4f} ms on `{device}`.",
-        f"- Fine-tune recipe per trial: {recipe.epochs:g} epochs" + (f" capped at {recipe.max_steps} steps" if recipe.max_steps is not None else "") + f", batch {recipe.batch_size}, "
+        "- Fine-tune recipe per trial: "
+        + (f"{recipe.max_steps} steps (at most {recipe.epochs:g} epochs)" if recipe.max_steps is not None else f"{recipe.epochs:g} epochs")
+        + f", batch {recipe.batch_size}, "
         f"SGD lr {recipe.lr:g} momentum {recipe.momentum:g}, {recipe.schedule} schedule; accuracy on the task's validation set.",
         f"- Each plan is evaluated once (fine-tune seed derived from the plan) and shared by every run that proposes it: "
         f"{comparison.evaluations} distinct plans evaluated in {comparison.evaluation_s / 60:.1f} min of trial time; "
@@ -485,10 +487,10 @@ def plot_fronts(comparison: Comparison, path: Path) -> Path:
             continue
         xy = np.array([[dense_ms / r.latency_ms[device], r.accuracy] for r in points])
         keep = pareto_mask(np.column_stack([-xy[:, 0], -xy[:, 1]]))
-        front = xy[keep][np.argsort(-xy[keep][:, 0])]
+        front = xy[keep][np.argsort(xy[keep][:, 0])]
         colour = f"C{names.index(name) % 10}"
         seeds = sorted({s for c, s in comparison.records if c == name})
-        ax.step(front[:, 0], front[:, 1], where="post", color=colour, ls=styles[seeds.index(seed) % len(styles)], lw=1.4,
+        ax.step(front[:, 0], front[:, 1], where="pre", color=colour, ls=styles[seeds.index(seed) % len(styles)], lw=1.4,
                 label=name if seed == seeds[0] else None)
         ax.scatter(front[:, 0], front[:, 1], color=colour, s=12)
     ax.scatter([1.0], [baseline["accuracy"]], marker="*", s=160, color="k", label="dense", zorder=5)

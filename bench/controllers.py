@@ -1,0 +1,115 @@
+"""Search controllers compared: uniform, random, evolution, rl, nsga2 and tpe with the same
+budget and seeds on ResNet-20 / Fashion-MNIST, ONNX Runtime on this CPU.
+
+The latency objective comes from the device's lookup table. When the shipped profile
+``device_profiles/onnxruntime-cpu`` has no table yet, one is profiled first into a private
+copy of the profile under the work folder (``autoprune profile``, a few minutes), so every
+trial's latency is a prediction and not a measurement disturbed by whatever else runs on
+the machine; ``--measured`` times every plan instead. The results say which was used.
+
+Runs go in order of what the comparison needs most: uniform, random, evolution and rl for
+every seed, then nsga2 and tpe. Every finished run rewrites ``bench/results/controllers.*``;
+a killed bench resumes where it stopped (each run is a study, evaluations are cached).
+
+Run: ``python -m bench.controllers [--budget 48] [--seeds 2] [--smoke]``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from autoprune.config import load_config
+from autoprune.controllers.compare import Reference, compare_controllers, verdicts, write_results
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+CONFIG = ROOT / "examples" / "fashion_mnist_controllers.yaml"
+FIRST = ["uniform", "random", "evolution", "rl"]
+THEN = ["nsga2", "tpe"]
+
+NOTES = """
+- Budget: every run asks for the same number of trials; repeated plans are answered from
+  the cache and still count as trials (uniform has only 9 distinct plans on this grid, so
+  it cycles through them).
+- The evaluation of a plan is shared by every run that proposes it (fine-tune seed taken
+  from the plan), so differences between controllers come from what they propose.
+- Accuracy is on a fixed 1,000-image subset of the test split after a 40-step fine-tune:
+  its sampling error is about 0.9 points at 90%, and the best of many plans is biased up
+  by that noise (controllers that evaluate more distinct plans near a speedup get more
+  draws). Compare controllers by the hypervolume over the whole front first.
+- Speedups are relative to the dense model's latency from the same estimator.
+"""
+
+
+def profiles_with_table(work: Path, device: str, measured: bool) -> tuple[Path, str]:
+    """The profiles folder the bench uses and how its latency is obtained."""
+    from autoprune.devices import load_device
+    from autoprune.lut import has_table
+
+    shipped = ROOT / "device_profiles"
+    if measured:
+        return shipped, "measured (--measured)"
+    private = work / "profiles"
+    if (private / device / "device.yaml").exists() and has_table(load_device(device, private)):
+        return private, f"lookup table profiled for this bench in {private}"
+    if has_table(load_device(device, shipped)):
+        return shipped, f"lookup table shipped in device_profiles/{device}"
+    if not (private / device / "device.yaml").exists():
+        (private / device).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shipped / device / "device.yaml", private / device / "device.yaml")
+    env = {**os.environ, "AUTOPRUNE_PROFILES": str(private)}
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "autoprune.cli", "profile", "--config", str(CONFIG), "--device", device, "--no-progress"],
+        env=env, check=True,
+    )
+    return private, f"lookup table profiled for this bench into {private} ({time.perf_counter() - started:.0f} s)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget", type=int, default=48)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="6 trials, 1 seed, results under runs/ only")
+    parser.add_argument("--measured", action="store_true", help="time every plan instead of using a lookup table")
+    parser.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "bench-controllers")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    budget, seeds = (6, [0]) if args.smoke else (args.budget, list(range(args.seeds)))
+    work = args.work_dir.with_name(args.work_dir.name + "-smoke") if args.smoke else args.work_dir
+    out, stem = (work, "controllers") if args.smoke else (RESULTS, "controllers")
+    config = load_config(CONFIG)
+    if args.measured:
+        config = config.model_copy(update={"latency": "measured"})
+    profiles, latency_note = profiles_with_table(work, config.devices[0], args.measured)
+    os.environ["AUTOPRUNE_PROFILES"] = str(profiles)
+    notes = f"- Latency: {latency_note}.\n" + NOTES
+    print(f"latency: {latency_note}", flush=True)
+
+    def on_run(comparison) -> None:
+        write_results(comparison, out, stem, notes)
+        last = comparison.runs[-1]
+        print(f"{time.strftime('%H:%M:%S')} {last.controller} seed {last.seed}: hypervolume {last.hypervolume:.4f}, "
+              f"{comparison.evaluations} plans evaluated, {comparison.wall_s / 60:.1f} min", flush=True)
+
+    def on_trial(controller: str, seed: int, record) -> None:
+        if not record.cached:
+            print(f"  {controller} seed {seed} #{record.number}: acc {record.accuracy}, "
+                  f"{record.timings.get('total_s', 0):.1f} s", flush=True)
+
+    common = dict(budget=budget, seeds=seeds, work_dir=work, reference=Reference(), order="seed", on_run=on_run, on_trial=on_trial)
+    comparison = compare_controllers(config, FIRST, **common)
+    comparison = compare_controllers(config, FIRST + THEN, **common)
+    for line in verdicts(comparison):
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
