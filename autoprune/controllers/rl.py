@@ -176,6 +176,7 @@ class RLController(Controller):
         self.actor_optimiser = torch.optim.Adam(self.actor.parameters(), lr=actor_lr)
         self.critic_optimiser = torch.optim.Adam(self.critic.parameters(), lr=critic_lr)
         self._warm = warm_start_plans(self.space, warm_start)
+        self._warm_keys = {p.key for p in self._warm}
         self._offset = float(np.random.default_rng([self.seed, 7]).random())
         self._episodes: list[Episode] = []
         self._budgets: dict[int, float] = {}
@@ -304,7 +305,7 @@ class RLController(Controller):
         return as_tensor(states), as_tensor(actions), as_tensor(ratios)
 
     def _is_warm(self, proposal: Proposal) -> bool:
-        return proposal.trial_id < self.warm_start and proposal.plan.key in {p.key for p in warm_start_plans(self.space, self.warm_start)}
+        return proposal.trial_id < self.warm_start and proposal.plan.key in self._warm_keys
 
     # -- learning --------------------------------------------------------------------
     def _references(self) -> np.ndarray:
