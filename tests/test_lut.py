@@ -164,7 +164,7 @@ def test_missing_key_is_an_error_on_a_remote_device_and_measured_on_a_local_one(
         make_device(tmp_path, name, local=local)
         device = load_device(name, tmp_path)
         table = LatencyTable.new(device, device.path, {}, "nchw")
-        table.append(zip([key], measure_keys(device, [key], rounds=1)))
+        table.append(measure_keys(device, [key], table, rounds=1))
         estimator = LUTEstimator(device)
         if not local:
             with pytest.raises(MissingLatencyKeyError, match=r"latency table .*far.* has no row for kernel conv:8x8x8>8"):
@@ -229,3 +229,47 @@ def test_cli_profile_then_validate(tmp_path, monkeypatch):
     assert (tmp_path / "val" / "validation.png").stat().st_size > 0
     assert main(["lut", "show", "--device", "onnxruntime-cpu"]) == 0
     assert main(["profile", "--space", str(space), "--task", "digits"]) == 2  # no device given
+
+
+def test_onnxruntime_network_sum_folds_adds_and_charges_reorders_between_layouts():
+    from autoprune.lut.keys import Kernel
+    from autoprune.lut.ort_layout import network_sum
+
+    def row(ms, lin="nchw", lout="nchw", ri=0.0, ro=0.0):
+        return {"median_ms": ms, "layout_in": lin, "layout_out": lout, "reorder_in_ms": ri, "reorder_out_ms": ro}
+
+    stem = KernelKey("conv", 1, 8, 8, 16, 3, 1, 1, 1, "relu")
+    blocked = KernelKey("conv", 16, 8, 8, 16, 3, 1, 1, 1)
+    plain = KernelKey("conv", 16, 8, 8, 13, 3, 1, 1, 1, "relu")
+    add = KernelKey("add", 16, 8, 8, 16, act="relu")
+    rows = {
+        stem.id: row(1.0, "nchw", "nchwc", ro=0.1),
+        blocked.id: row(2.0, "nchwc", "nchwc", ri=0.2, ro=0.3),
+        plain.id: row(3.0),
+        add.id: row(0.5),
+    }
+    # stem -> blocked conv -> add(with stem): the add folds into the blocked conv (both operands blocked)
+    chain = [Kernel(stem, inputs=(-1,)), Kernel(blocked, inputs=(0,)), Kernel(add, inputs=(1, 0)), Kernel(plain, inputs=(2,))]
+    # each kernel without its own reorders, the folded add free; where the folded add's blocked
+    # output meets the plain conv a reorder is due, priced from the add's row (none measured)
+    expected = (1.0 - 0.1) + (2.0 - 0.2 - 0.3) + 0.0 + 3.0
+    assert network_sum(chain, rows) == pytest.approx(expected)
+    # the same add fed by a plain producer on its other operand stays a plain add: the blocked conv pays its reorder out
+    mixed = [Kernel(plain, inputs=(-1,)), Kernel(stem, inputs=(-1,)), Kernel(blocked, inputs=(1,)), Kernel(add, inputs=(2, 0))]
+    expected = 3.0 + 0.9 + 1.5 + 0.5 + 0.3
+    assert network_sum(mixed, rows) == pytest.approx(expected)
+
+
+def test_calibration_recovers_intercept_scale_and_weight_cost():
+    from autoprune.lut.table import fit_calibration
+
+    points = [
+        CalibrationPoint(model="m", kernels=30, kernel_sum_ms=s, weight_mb=w, measured_ms=0.004 + 0.05 + 0.8 * s + 0.04 * w)
+        for s, w in [(0.1, 0.5), (0.2, 1.5), (0.15, 2.5), (0.3, 1.0), (0.25, 3.0), (0.12, 2.0)]
+    ]
+    cal = fit_calibration(points, overhead_ms=0.004, source="model m")
+    assert (cal.scale, cal.per_mb_ms, cal.per_kernel_ms * 30) == pytest.approx((0.8, 0.04, 0.05))
+    assert cal.predict(30, 0.2, 1.0) == pytest.approx(0.004 + 0.05 + 0.16 + 0.04)
+    # weights that seem to make networks faster are not believed: that term is dropped
+    faster = [p.model_copy(update={"measured_ms": 0.004 + 0.05 + 0.8 * p.kernel_sum_ms - 0.04 * p.weight_mb}) for p in points]
+    assert fit_calibration(faster, 0.004, "model m").per_mb_ms == 0.0

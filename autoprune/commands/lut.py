@@ -68,5 +68,5 @@ def run_show(args: argparse.Namespace) -> int:
     for model in models:
         points = [p for p in meta.calibration if p.model == model]
         cal = table.calibration_for(model, points[0].family)
-        print(f"  calibration {model}: {len(points)} points, latency = {cal.overhead_ms:.4f} {cal.per_kernel_ms:+.4f} x kernels + {cal.scale:.3f} x sum (ms)")
+        print(f"  calibration {model}: {len(points)} points, latency = {cal.overhead_ms:.4f} {cal.per_kernel_ms:+.4f} x kernels + {cal.scale:.3f} x sum + {cal.per_mb_ms:.4f} x weight MB (ms)")
     return 0

@@ -115,6 +115,6 @@ def run(args: argparse.Namespace) -> int:
         print(report.summary())
         print(
             f"  calibration ({cal.source}, {cal.points} points): latency = {cal.overhead_ms:.4f} ms "
-            f"{cal.per_kernel_ms:+.4f} ms x kernels + {cal.scale:.3f} x kernel sum"
+            f"{cal.per_kernel_ms:+.4f} ms x kernels + {cal.scale:.3f} x kernel sum + {cal.per_mb_ms:.4f} ms x weight MB"
         )
     return 0

@@ -17,8 +17,8 @@ from torch import nn
 from ..devices import DeviceProfile
 from ..errors import MissingLatencyKeyError
 from ..latency import LatencyEstimator
-from .keys import Kernel, architecture, extract_kernels
-from .table import Calibration, LatencyTable, LatencyTableWarning, load_table
+from .keys import Kernel, architecture, extract_kernels, weight_mb
+from .table import Calibration, LatencyTable, LatencyTableWarning, kernel_sum, load_table
 
 
 class LUTEstimator(LatencyEstimator):
@@ -47,7 +47,7 @@ class LUTEstimator(LatencyEstimator):
                 )
             from .profiler import measure_keys
 
-            self.table.append(zip(missing, measure_keys(self.device, missing)))
+            self.table.append(measure_keys(self.device, missing, self.table))
             self.measured_on_demand += len(missing)
         return kernels
 
@@ -67,8 +67,8 @@ class LUTEstimator(LatencyEstimator):
 
     def latency_ms(self, model: nn.Module, example_input: torch.Tensor) -> float:
         kernels = self.kernels(model, example_input)
-        total = sum(self.table.ms(k.key) for k in kernels)
-        return float(self.calibration(kernels, model, example_input).predict(len(kernels), total))
+        total = kernel_sum(self.table, kernels)
+        return float(self.calibration(kernels, model, example_input).predict(len(kernels), total, weight_mb(kernels)))
 
     def breakdown(self, model: nn.Module, example_input: torch.Tensor) -> pd.DataFrame:
         """One row per kernel of the model: layer, key and table latency (before calibration)."""

@@ -121,10 +121,26 @@ class KernelKey:
 
 @dataclass(frozen=True)
 class Kernel:
-    """A kernel of a particular model: its key and the layer it was read from (if any)."""
+    """A kernel of a particular model: its key, the layer it was read from (if any), and the
+    kernels producing its inputs (indices into the model's kernel list, -1 for the model input)."""
 
     key: KernelKey
     layer: Optional[str] = None
+    inputs: tuple[int, ...] = ()
+
+
+def weight_bytes(key: KernelKey, itemsize: int = 4) -> int:
+    """Bytes of weights and bias a kernel reads (stored dense, whatever their sparsity)."""
+    if key.op in ("conv", "dwconv"):
+        return itemsize * (key.cout * (key.cin // max(key.groups, 1)) * key.kernel * key.kernel + key.cout)
+    if key.op == "linear":
+        return itemsize * (key.cout * key.cin + key.cout)
+    return 0
+
+
+def weight_mb(kernels: list["Kernel"]) -> float:
+    """Megabytes of weights a network's kernels read on every call."""
+    return sum(weight_bytes(k.key) for k in kernels) / 1e6
 
 
 def sparsity_bucket(fraction: float) -> float:
@@ -202,13 +218,35 @@ def extract_kernels(model: nn.Module, example_input: torch.Tensor) -> list[Kerne
     modules = dict(graph.named_modules())
     fused: set[fx.Node] = set()
     kernels: list[Kernel] = []
+    made_by: dict[fx.Node, int] = {}
     for node in graph.graph.nodes:
-        if node in fused or node.op in ("placeholder", "output", "get_attr"):
+        args = _tensor_args(node)
+        if node.op == "placeholder":
+            made_by[node] = -1
+            continue
+        if node in fused or node.op in ("output", "get_attr"):
+            if args and args[0] in made_by:
+                made_by[node] = made_by[args[0]]
             continue
         kernel = _kernel_of(node, modules, fused)
-        if kernel is not None:
-            kernels.append(kernel)
+        if kernel is None:
+            if args and args[0] in made_by:
+                made_by[node] = made_by[args[0]]
+            continue
+        inputs = tuple(dict.fromkeys(made_by.get(a, -1) for a in args))
+        made_by[node] = len(kernels)
+        kernels.append(replace(kernel, inputs=inputs))
     return kernels
+
+
+def _tensor_args(node: fx.Node) -> list[fx.Node]:
+    """The node's arguments that are nodes (lists, as for ``torch.cat``, flattened)."""
+    out: list[fx.Node] = []
+    for arg in node.args:
+        for item in arg if isinstance(arg, (list, tuple)) else (arg,):
+            if isinstance(item, fx.Node) and item.op != "get_attr":
+                out.append(item)
+    return out
 
 
 def _shape(node: Any) -> Optional[tuple[int, ...]]:

@@ -108,11 +108,14 @@ def measure_files(
     rounds: int = 3,
     measurer: Optional[FileMeasurer] = None,
     repeats: Optional[int] = None,
+    inspect: Optional[Callable[[Path, np.ndarray], dict]] = None,
+    inspected: Optional[list[dict]] = None,
 ) -> list[LatencyStats]:
     """Write each model file and time it on ``device``.
 
     Locally the files are loaded together and timed interleaved; with ``measurer`` each
-    file is sent to it in turn. ``repeats`` defaults to the device's.
+    file is sent to it in turn. ``repeats`` defaults to the device's. ``inspect(path, x)``,
+    if given, is called on every file after timing and its results appended to ``inspected``.
     """
     repeats = repeats or device.repeats
     backend = device_backend(device) if measurer is None else get_backend(device.backend)
@@ -124,11 +127,15 @@ def measure_files(
                 out.append(measurer(path, x, device.threads, device.warmup, repeats))
                 path.unlink()
             return out
-        loaded = []
+        loaded, files = [], []
         for i, write in enumerate(writes):
             path, x = write(Path(tmp) / f"m{i}{backend.suffix}")
             loaded.append(Timed(backend.load(path, device.threads), x))
-        return time_interleaved(loaded, device.warmup, repeats, rounds)
+            files.append((path, x))
+        stats = time_interleaved(loaded, device.warmup, repeats, rounds)
+        if inspect is not None and inspected is not None:
+            inspected.extend(inspect(path, x) for path, x in files)
+        return stats
 
 
 def measure_models(

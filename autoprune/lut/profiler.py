@@ -28,10 +28,10 @@ from ..tasks import Task
 from ..units import Unit
 from .enumeration import enumerate_keys
 from .kernels import CHANNELS_LAST_BACKENDS, kernel_model
-from .keys import KernelKey, architecture, extract_kernels
+from .keys import KernelKey, architecture, extract_kernels, weight_mb
 from .measure import FileMeasurer, Write, measure_files, measure_models, model_writer
 from .tflite_kernels import TFLiteKernelWriter
-from .table import Calibration, CalibrationPoint, LatencyTable, has_table, installed_versions, load_table
+from .table import Calibration, CalibrationPoint, LatencyTable, has_table, installed_versions, kernel_sum, load_table
 
 #: The empty kernel timed to learn a runtime's per-call overhead.
 EMPTY_KERNEL = KernelKey("act", 1, 1, 1, 1, act="relu")
@@ -62,12 +62,13 @@ class ProfileReport:
         )
 
 
-def open_table(device: DeviceProfile) -> LatencyTable:
+def open_table(device: DeviceProfile, remote: bool = False) -> LatencyTable:
     """The device's table, or a new empty one in its profile folder."""
     if has_table(device):
         return load_table(device)
     framing = "nhwc" if device.backend in CHANNELS_LAST_BACKENDS else "nchw"
-    return LatencyTable.new(device, device.path, installed_versions(device.backend), framing)
+    context = "onnxruntime-nchwc" if device.backend == "onnxruntime-cpu" and device.local and not remote else "sum"
+    return LatencyTable.new(device, device.path, installed_versions(device.backend) if not remote else {}, framing, context)
 
 
 _TFLITE_WRITERS: dict[int, TFLiteKernelWriter] = {}
@@ -83,10 +84,18 @@ def kernel_writes(device: DeviceProfile, keys: Sequence[KernelKey]) -> list[Writ
 
 
 def measure_keys(
-    device: DeviceProfile, keys: Sequence[KernelKey], rounds: int = 3, measurer: Optional[FileMeasurer] = None
-) -> list[LatencyStats]:
-    """Time each key's kernel model on the device (interleaved locally)."""
-    return measure_files(device, kernel_writes(device, keys), rounds=rounds, measurer=measurer)
+    device: DeviceProfile, keys: Sequence[KernelKey], table: LatencyTable, rounds: int = 3, measurer: Optional[FileMeasurer] = None
+) -> list[tuple[KernelKey, LatencyStats, dict]]:
+    """Time each key's kernel model on the device (interleaved locally), with the columns
+    the table's context model needs; returns rows for :meth:`LatencyTable.append`."""
+    if table.meta.context == "onnxruntime-nchwc" and measurer is None:
+        from .ort_layout import probe, row_columns
+
+        probes: list[dict] = []
+        stats = measure_files(device, kernel_writes(device, keys), rounds=rounds, inspect=lambda p, x: probe(p, x, device.threads), inspected=probes)
+        return [(k, s, row_columns(info, s.median_ms, table.meta.overhead_ms)) for k, s, info in zip(keys, stats, probes)]
+    stats = measure_files(device, kernel_writes(device, keys), rounds=rounds, measurer=measurer)
+    return [(k, s, {}) for k, s in zip(keys, stats)]
 
 
 def uniform_plan(space: Mapping[str, UnitSpace], which: str = "high") -> Plan:
@@ -129,14 +138,14 @@ def profile(
     table are not measured again, nor is a model whose calibration points exist.
     """
     start = time.perf_counter()
-    table = open_table(device)
+    table = open_table(device, remote=measurer is not None)
     if measurer is not None:
         table.meta.notes = table.meta.notes or "measured through a remote measurer"
         describe = getattr(measurer, "describe", None)
         if callable(describe):
             table.meta.machine = describe()
     if not table.meta.overhead_ms:
-        table.meta.overhead_ms = measure_keys(device, [EMPTY_KERNEL], rounds, measurer)[0].median_ms
+        table.meta.overhead_ms = measure_files(device, kernel_writes(device, [EMPTY_KERNEL]), rounds=rounds, measurer=measurer)[0].median_ms
         table.save_meta()
     keys = enumerate_keys(model, example_input, units, space)
     todo = [k for k in keys if k not in table]
@@ -145,7 +154,7 @@ def profile(
         progress(0, len(todo))
     for i in range(0, len(todo), chunk):
         part = todo[i : i + chunk]
-        table.append(zip(part, measure_keys(device, part, rounds, measurer)))
+        table.append(measure_keys(device, part, table, rounds, measurer))
         if progress:
             progress(min(i + chunk, len(todo)), len(todo))
     kernel_s = time.perf_counter() - start
@@ -186,10 +195,12 @@ def calibrate(
         kernels = extract_kernels(m, example_input)
         missing = list(dict.fromkeys(k.key for k in kernels if k.key not in table))
         if missing:
-            table.append(zip(missing, measure_keys(device, missing, rounds, measurer)))
+            table.append(measure_keys(device, missing, table, rounds, measurer))
         signature, family = architecture(kernels, m, example_input)
-        total = sum(table.ms(k.key) for k in kernels)
-        points.append(CalibrationPoint(model=signature, family=family, kernels=len(kernels), kernel_sum_ms=total, measured_ms=s.median_ms, label=label))
+        total = kernel_sum(table, kernels)
+        points.append(CalibrationPoint(
+            model=signature, family=family, kernels=len(kernels), kernel_sum_ms=total, weight_mb=weight_mb(kernels), measured_ms=s.median_ms, label=label,
+        ))
     return points
 
 

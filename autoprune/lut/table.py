@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..backends import LatencyStats
 from ..devices import DeviceProfile
 from ..errors import ConfigError
-from .keys import KernelKey
+from .keys import Kernel, KernelKey
 
 TABLE_FILE = "latency_table.csv"
 META_FILE = "latency_table.yaml"
@@ -37,7 +37,11 @@ FORMAT_VERSION = 1
 
 KEY_COLUMNS = [f.name for f in fields(KernelKey)]
 STAT_COLUMNS = ["median_ms", "p10_ms", "p90_ms", "repeats", "measured_at"]
-COLUMNS = ["key", *KEY_COLUMNS, *STAT_COLUMNS]
+#: Optional columns a runtime's context model adds (see :mod:`.ort_layout`).
+CONTEXT_COLUMNS = ["layout_in", "layout_out", "reorder_in_ms", "reorder_out_ms"]
+COLUMNS = ["key", *KEY_COLUMNS, *STAT_COLUMNS, *CONTEXT_COLUMNS]
+#: How kernel rows add up to a network: a plain sum, or ONNX Runtime's NCHWc layouts.
+CONTEXTS = ("sum", "onnxruntime-nchwc")
 
 
 class LatencyTableWarning(UserWarning):
@@ -53,47 +57,65 @@ class CalibrationPoint(BaseModel):
     family: str = Field("", description="model class and input shape, shared by pruned variants")
     kernels: int = Field(..., ge=0)
     kernel_sum_ms: float
+    weight_mb: float = Field(0.0, ge=0, description="megabytes of weights the network's kernels read")
     measured_ms: float
     label: str = ""
 
 
 class Calibration(BaseModel):
-    """``latency = overhead_ms + per_kernel_ms * kernels + scale * kernel_sum_ms``."""
+    """``latency = overhead_ms + per_kernel_ms * kernels + scale * kernel_sum_ms + per_mb_ms * weight_mb``.
+
+    ``per_mb_ms`` is what each megabyte of weights costs on top of the kernels timed alone:
+    a kernel timed on its own finds its weights in cache, a network larger than the cache
+    streams them in on every call.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     overhead_ms: float = 0.0
     per_kernel_ms: float = 0.0
     scale: float = 1.0
+    per_mb_ms: float = 0.0
     points: int = 0
     source: str = "none"
 
-    def predict(self, kernels: int, kernel_sum_ms: float) -> float:
-        return self.overhead_ms + self.per_kernel_ms * kernels + self.scale * kernel_sum_ms
+    def predict(self, kernels: int, kernel_sum_ms: float, weight_mb: float = 0.0) -> float:
+        return self.overhead_ms + self.per_kernel_ms * kernels + self.scale * kernel_sum_ms + self.per_mb_ms * weight_mb
 
 
 def fit_calibration(points: list[CalibrationPoint], overhead_ms: float, source: str) -> Calibration:
-    """Least-squares ``per_kernel_ms`` and ``scale`` over ``points``, the call overhead held fixed.
+    """Least squares over ``points`` with the call overhead held fixed.
 
-    With one architecture the kernel count is constant, so this is an intercept and a slope
-    for that model; over several it separates the per-kernel framing cost from the scale.
-    A single point fits the intercept only.
+    Fits the per-kernel cost (an intercept when every point has the same kernel count),
+    the scale of the kernel sum and the cost per megabyte of weights; a term is dropped
+    when the points cannot tell it apart or it comes out negative (a kernel sum or more
+    weights never make a network faster). With fewer than three points only the
+    per-kernel cost is fitted.
     """
     if not points:
         return Calibration(overhead_ms=overhead_ms, per_kernel_ms=-overhead_ms, scale=1.0, source="default")
     n = np.array([p.kernels for p in points], dtype=float)
     s = np.array([p.kernel_sum_ms for p in points], dtype=float)
+    w = np.array([p.weight_mb for p in points], dtype=float)
     y = np.array([p.measured_ms for p in points], dtype=float) - overhead_ms
     if len(points) < 3 or np.ptp(s) < 1e-9:
         per_kernel = float(np.mean((y - s) / np.maximum(n, 1)))
         return Calibration(overhead_ms=overhead_ms, per_kernel_ms=per_kernel, scale=1.0, points=len(points), source=source)
-    design = np.stack([n, s], axis=1)
-    if np.ptp(n) == 0:
-        # One architecture: the kernel count is a constant column, so fit intercept + slope.
-        slope, intercept = np.polyfit(s, y, 1)
-        return Calibration(overhead_ms=overhead_ms, per_kernel_ms=float(intercept / max(n[0], 1)), scale=float(slope), points=len(points), source=source)
-    (per_kernel, scale), *_ = np.linalg.lstsq(design, y, rcond=None)
-    return Calibration(overhead_ms=overhead_ms, per_kernel_ms=float(per_kernel), scale=float(scale), points=len(points), source=source)
+    one_model = np.ptp(n) == 0
+    base = np.ones_like(n) if one_model else n
+    terms = ["sum", "mb"] if len(points) >= 5 and np.ptp(w) > 1e-9 else ["sum"]
+    while True:
+        columns = [base] + [s if t == "sum" else w for t in terms]
+        coef, *_ = np.linalg.lstsq(np.stack(columns, axis=1), y, rcond=None)
+        fitted = dict(zip(terms, coef[1:]))
+        if fitted.get("mb", 0.0) >= 0 and fitted.get("sum", 1.0) > 0 or terms == ["sum"]:
+            break
+        terms = ["sum"]
+    per_kernel = float(coef[0] / max(n[0], 1)) if one_model else float(coef[0])
+    return Calibration(
+        overhead_ms=overhead_ms, per_kernel_ms=per_kernel, scale=float(fitted.get("sum", 1.0)),
+        per_mb_ms=float(fitted.get("mb", 0.0)), points=len(points), source=source,
+    )
 
 
 class TableMeta(BaseModel):
@@ -114,6 +136,7 @@ class TableMeta(BaseModel):
     updated: str = ""
     overhead_ms: float = Field(0.0, description="latency of an empty call on the runtime, subtracted per kernel")
     framing: str = Field("nchw", description="activation layout at the kernel models' interface")
+    context: str = Field("sum", description="how rows add up to a network: sum, or onnxruntime-nchwc (layouts and reorders)")
     calibration: list[CalibrationPoint] = Field(default_factory=list)
     notes: str = ""
 
@@ -172,25 +195,26 @@ class LatencyTable:
         return [KernelKey.from_dict(r) for r in self.rows.values()]
 
     @classmethod
-    def new(cls, device: DeviceProfile, folder: Path, versions: dict[str, str], framing: str) -> "LatencyTable":
+    def new(cls, device: DeviceProfile, folder: Path, versions: dict[str, str], framing: str, context: str = "sum") -> "LatencyTable":
         from .. import __version__
 
         meta = TableMeta(
             device=device.name, backend=device.backend, threads=device.threads, batch_size=device.batch_size,
             dtype=device.dtype, versions=versions, machine=machine_info(), autoprune=__version__,
-            created=now(), updated=now(), framing=framing,
+            created=now(), updated=now(), framing=framing, context=context,
         )
         return cls(folder, meta)
 
-    def add(self, key: KernelKey, stats: LatencyStats) -> dict[str, Any]:
+    def add(self, key: KernelKey, stats: LatencyStats, extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         """Record a measurement in memory (see :meth:`append` to persist it)."""
         row = {"key": key.id, **key.to_dict(), "median_ms": stats.median_ms, "p10_ms": stats.p10_ms, "p90_ms": stats.p90_ms, "repeats": stats.repeats, "measured_at": now()}
+        row.update({k: v for k, v in (extra or {}).items() if k in CONTEXT_COLUMNS})
         self.rows[key.id] = row
         return row
 
-    def append(self, measured: Iterable[tuple[KernelKey, LatencyStats]]) -> None:
+    def append(self, measured: Iterable[tuple[KernelKey, LatencyStats] | tuple[KernelKey, LatencyStats, dict[str, Any]]]) -> None:
         """Add rows and append them to the CSV at once (the file is created with its header)."""
-        rows = [self.add(k, s) for k, s in measured]
+        rows = [self.add(*item) for item in measured]
         if not rows:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -239,8 +263,13 @@ class LatencyTable:
         return fit_calibration([], self.meta.overhead_ms, "default")
 
 
-def table_folder(device: DeviceProfile) -> Optional[Path]:
-    return device.path
+def kernel_sum(table: LatencyTable, kernels: list[Kernel]) -> float:
+    """A network's kernels summed from the table as its runtime runs them (see ``context``)."""
+    if table.meta.context == "onnxruntime-nchwc":
+        from .ort_layout import network_sum
+
+        return network_sum(kernels, table.rows, table.meta.overhead_ms)
+    return sum(table.ms(k.key) for k in kernels)
 
 
 def has_table(device: DeviceProfile) -> bool:
@@ -264,6 +293,8 @@ def read_rows(path: Path) -> dict[str, dict[str, Any]]:
                 row = {**raw, **key.to_dict(), "key": key.id, "median_ms": float(raw["median_ms"])}
                 for col in ("p10_ms", "p90_ms"):
                     row[col] = float(raw[col]) if raw.get(col) not in (None, "") else row["median_ms"]
+                for col in ("reorder_in_ms", "reorder_out_ms"):
+                    row[col] = float(raw[col]) if raw.get(col) not in (None, "") else 0.0
                 row["repeats"] = int(float(raw["repeats"])) if raw.get("repeats") not in (None, "") else 0
             except (TypeError, ValueError) as err:
                 raise ConfigError(f"{path}:{i}: bad row ({err})") from err
