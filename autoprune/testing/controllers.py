@@ -144,7 +144,7 @@ class ControllerTestSuite:
         assert self.make(space).name == self.controller
 
     def test_proposes_valid_plans_within_the_space(self, space: dict[str, UnitSpace]) -> None:
-        records = run_toy(self.make(space), space, 30)
+        records = run_toy(self.make(space), space, 24)
         for record in records:
             assert violations(Plan.from_dict(record.plan), space) == [], record.plan
         assert len({r.trial_id for r in records}) == len(records)
@@ -182,7 +182,7 @@ class ControllerTestSuite:
     def test_resumes_from_a_stored_study(self, space: dict[str, UnitSpace], tmp_path: Path) -> None:
         study = Study(tmp_path / "study")
         controller = self.make(space, study_dir=study.path)
-        records = run_toy(controller, space, 14, study=study, fail=lambda n: n == 5)
+        records = run_toy(controller, space, 10, study=study, fail=lambda n: n == 5)
         resumed = self.make(space, study_dir=study.path)
         stored = study.records()
         assert [r.to_dict() for r in stored] == [r.to_dict() for r in records]
@@ -197,12 +197,12 @@ class ControllerTestSuite:
 
     def test_takes_over_the_trials_of_another_controller(self, space: dict[str, UnitSpace], tmp_path: Path) -> None:
         other = "uniform" if self.controller == "random" else "random"
-        records = run_toy(CONTROLLERS.get(other)(space, toy_objectives(), seed=1), space, 12)
+        records = run_toy(CONTROLLERS.get(other)(space, toy_objectives(), seed=1), space, 8)
         controller = self.make(space, study_dir=tmp_path / "study")
         controller.resume(records)
-        more = run_toy(controller, space, 8, records=records)
+        more = run_toy(controller, space, 6, records=records)
         assert all(violations(Plan.from_dict(r.plan), space) == [] for r in more)
-        assert all(r.trial_id >= 12 for r in more[12:])
+        assert all(r.trial_id >= 8 for r in more[8:])
 
     def test_runs_a_real_study_within_its_budget(self, study_config: Callable[..., Path]) -> None:
         """Through the local executor on a real model: exactly the budget, then a resume to a larger one."""
