@@ -4,7 +4,8 @@ search's short fine-tune ranks members for the export's longer one. Run:
     python -m bench.export [--trials 24] [--models resnet20 mobilenetv2]
 
 For each model (task ``fashion-mnist``) it runs, or resumes, a study on ``onnxruntime-cpu``
-and ``tflite`` (channel pruning, NSGA-II, a short fine-tune per trial) under
+and ``tflite`` (channel pruning to multiples of 8 channels, NSGA-II warm-started with
+uniform plans, a short fine-tune per trial) under
 ``runs/bench-export/MODEL``; then exports every Pareto-front member of each device with
 the longer export fine-tune (each plan fine-tuned once, shared by the devices), measures
 it on the device beside the dense model (alternating rounds), and reports:
@@ -46,6 +47,13 @@ DEVICES = ["onnxruntime-cpu", "tflite"]
 #: Fashion-MNIST as the project's other CNN benchmarks use it (bench/granularity.py): the dense
 #: model trained 4 epochs on 12k training images, validated on 2k test images.
 TASK_OPTIONS = {"train_size": 12000, "epochs": 4, "val_size": 2000}
+#: Channel pruning of every unit (stem and classifier kept), kept channels rounded to
+#: multiples of 8 so that ONNX Runtime keeps its blocked convolution kernels (odd channel
+#: counts can make a pruned model slower than the dense one there; see DESIGN.md).
+SPACE = {
+    "rules": [{"match": "*", "granularities": ["channel"], "pruning_ratio": {"low": 0.0, "high": 0.8, "step": 0.1}, "criteria": ["l1"], "channel_multiple": 8}],
+    "protect": ["stem", "classifier"],
+}
 TARGETS = [1.5, 2.0, 3.0]
 
 
@@ -53,15 +61,17 @@ def study_config(model: str, args: argparse.Namespace) -> Path:
     """The study's YAML under the work folder (written once; later runs resume it)."""
     work = Path(args.work) / model
     work.mkdir(parents=True, exist_ok=True)
+    space = work / "search_space.yaml"
+    space.write_text(json.dumps(SPACE, indent=2))
     config = {
         "name": f"bench-export-{model}",
         "task": args.task,
         "task_options": {"model": model, **(TASK_OPTIONS if args.task == "fashion-mnist" else {})},
-        "search_space": str(ROOT / "search_spaces" / "cnn_channel.yaml"),
+        "search_space": str(space),
         "devices": DEVICES,
         "latency": args.latency,
         "controller": "nsga2",
-        "controller_options": {"population_size": 8},
+        "controller_options": {"population_size": 8, "warm_start": args.warm_start},
         "budget": {"trials": args.trials},
         "finetune": {"epochs": 1, "max_steps": args.search_steps, "batch_size": 64, "lr": 0.01},
         "export": {"finetune": {"epochs": 1, "max_steps": args.export_steps, "batch_size": 64, "lr": 0.01}},
@@ -176,8 +186,8 @@ def write_report(df: pd.DataFrame, metas: dict, args: argparse.Namespace, machin
         "",
         f"Recipe: task {args.task}"
         + (f" {TASK_OPTIONS} (dense model trained by the task, 12k training images, 2k validation images)" if args.task == "fashion-mnist" else "")
-        + ", search space cnn_channel.yaml (channel pruning, ratios 0..0.8), "
-        f"NSGA-II (population 8), {args.trials} trials per model on devices {', '.join(DEVICES)} (batch 1, one thread); "
+        + ", channel pruning of every unit at ratios 0..0.8 with kept channels rounded to multiples of 8, "
+        f"NSGA-II (population 8, the first {args.warm_start} trials uniform plans spread over the ratios), {args.trials} trials per model on devices {', '.join(DEVICES)} (batch 1, one thread); "
         f"trial fine-tune {args.search_steps} SGD steps of batch 64, export fine-tune {args.export_steps} steps; latency `{args.latency}`. "
         f"Every front member of each device was exported; measured latencies come from the device backend, alternating 3 rounds with the dense model exported the same way. "
         "Wall times per model are under Studies (the machine is shared: see its load below).",
@@ -253,6 +263,7 @@ def main() -> None:
     parser.add_argument("--task", default="fashion-mnist")
     parser.add_argument("--models", nargs="+", default=["resnet20", "mobilenetv2"])
     parser.add_argument("--trials", type=int, default=24)
+    parser.add_argument("--warm-start", type=int, default=6, help="uniform plans the search starts from (NSGA-II warm_start)")
     parser.add_argument("--search-steps", type=int, default=100, help="fine-tune steps per trial")
     parser.add_argument("--export-steps", type=int, default=400, help="fine-tune steps per exported member")
     parser.add_argument("--latency", choices=["auto", "lut", "measured"], default="measured", help="the studies' latency estimator")
