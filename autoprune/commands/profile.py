@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
             if done >= total:
                 bar.close()
-                print(f"calibrating on {args.calibration} whole models", flush=True)
+                print(f"calibration: {args.calibration} whole models (those not measured yet)", flush=True)
 
         report = profile(
             device, target.task.model, target.task.example_input, target.units, target.space,

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..apply import apply_plan
-from ..granularity import GRANULARITIES, PruneContext, kept_channels
+from ..granularity import GRANULARITIES, ORDER_CHANNELS, PruneContext, kept_channels
 from ..plan import Plan, UnitChoice
 from ..search_space import UnitSpace
 from ..units import Unit
@@ -47,6 +47,8 @@ def unit_options(space: UnitSpace) -> list[UnitOption]:
     options: set[UnitOption] = {UnitOption(channels)}
     for name in rule.granularities:
         granularity = GRANULARITIES.get(name)
+        if granularity.structural and granularity.order != ORDER_CHANNELS:
+            continue  # removing whole blocks or heads removes kernels; it makes no new keys
         if granularity.structural:
             if ratios is None:
                 low = kept_channels(channels, rule.pruning_ratio.high, rule.channel_multiple)
@@ -103,7 +105,7 @@ def kernel_dependence(
     cout_of: dict[int, str] = {}
     for name in space:
         unit = units[name]
-        if unit.channels < 2:
+        if unit.channels < 2 or unit.kind not in ("conv", "linear"):
             continue
         plan = Plan.from_dict({name: UnitChoice("channel", 0.5)})
         pruned = extract_kernels(apply_plan(model, plan, units, example_input), example_input)
