@@ -150,3 +150,12 @@ def test_plan_outside_the_space_is_reported():
     unit = next(iter(space))
     plan = Plan.from_dict({**{u: c.to_dict() for u, c in uniform_plans(space)[0]}, unit: {"granularity": "channel", "pruning_ratio": 0.95}})
     assert any("pruning_ratio" in v for v in violations(plan, space))
+
+
+@pytest.mark.parametrize("name", ["evolution", "rl"])
+def test_repeated_plans_from_another_controller_count_once(name):
+    space = toy_space()
+    records = run_toy(CONTROLLERS.get("uniform")(space, toy_objectives(), steps=3), space, 9)  # three plans, three times each
+    controller = CONTROLLERS.get(name)(space, toy_objectives(), **({"population_size": 6} if name == "evolution" else {"updates": 0}))
+    controller.resume(records)
+    assert (len(controller.population) if name == "evolution" else controller.replay_size) == 3

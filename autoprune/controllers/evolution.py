@@ -95,8 +95,11 @@ class EvolutionController(Controller):
     def tell(self, proposal: Proposal, result: TrialResult) -> None:
         self._seen.add(proposal.plan.key)
         self._next_id = max(self._next_id, proposal.trial_id + 1)
-        if usable(result, self.objectives):
-            self._population.append((complete_plan(proposal.plan, self.space), minimised(result, self.objectives)))
+        if not usable(result, self.objectives):
+            return
+        genome = complete_plan(proposal.plan, self.space)
+        if all(genome != member for member, _ in self._population):  # a repeated plan is one member
+            self._population.append((genome, minimised(result, self.objectives)))
             self._ranking = None
 
     def resume(self, records: Sequence[TrialResult]) -> None:

@@ -181,6 +181,7 @@ class RLController(Controller):
         self._episodes: list[Episode] = []
         self._budgets: dict[int, float] = {}
         self._seen: set[str] = set()
+        self._episode_keys: set[str] = set()
         self._next_id = 0
         self._resuming = False
 
@@ -212,8 +213,9 @@ class RLController(Controller):
         budget = self._budgets.pop(proposal.trial_id, None)
         if budget is None and self._resuming and result.controller == self.name and not self._is_warm(proposal):
             budget = self.budget_for(proposal.trial_id)
-        if not usable(result, self.objectives):
+        if not usable(result, self.objectives) or proposal.plan.key in self._episode_keys:
             return
+        self._episode_keys.add(proposal.plan.key)
         choices = complete_plan(proposal.plan, self.space)
         states, actions, ratios = self._encode(choices)
         quality = float(self._quality.value(result))
@@ -231,6 +233,11 @@ class RLController(Controller):
         finally:
             self._resuming = False
         self._next_id = max(self._next_id, len(records))
+
+    @property
+    def replay_size(self) -> int:
+        """Distinct evaluated plans in the replay buffer."""
+        return len(self._episodes)
 
     # -- the policy ------------------------------------------------------------------
     def budget_for(self, trial_id: int) -> float:
