@@ -12,9 +12,9 @@ A BERT-style layer runs as two kernels whose cost depends on what pruning leaves
 :func:`space_keys` enumerates the keys a search space can produce (head counts from the head
 units' ratio grids, neuron counts from the FFN units' grids and channel multiples);
 :func:`model_keys` reads the keys of a (pruned) model; :class:`TransformerTable` predicts a
-model's latency as a fixed part (embeddings, masks, pooling: calibrated once as the dense
-model's measured latency minus its kernels) plus the sum of its kernels. A removed layer
-contributes nothing.
+model's latency as ``fixed + scale x (sum of its kernels)``, both fitted on a few measured
+models (embeddings, masks and pooling are the fixed part; what kernels timed alone miss is
+the scale). A removed layer contributes nothing.
 """
 from __future__ import annotations
 
@@ -158,6 +158,7 @@ class TransformerTable:
     backend: str
     latency_ms: dict[TransformerKey, float] = field(default_factory=dict)
     fixed_ms: float = 0.0
+    scale: float = 1.0
 
     def measure(self, keys: Iterable[TransformerKey], threads: int = 1, warmup: int = 10, repeats: int = 50) -> None:
         """Measure the keys the table lacks."""
@@ -170,20 +171,38 @@ class TransformerTable:
         self.measure(keys)
         return sum(self.latency_ms[k] for k in keys)
 
-    def calibrate(self, dense: nn.Module, seq: int, measured_ms: float) -> None:
-        """Set the fixed part: the dense model's measured latency minus its kernels."""
-        self.fixed_ms = max(0.0, measured_ms - self.kernels_ms(dense, seq))
+    def calibrate(self, measured: Iterable[tuple[nn.Module, float]], seq: int) -> None:
+        """Fit ``measured ~ fixed + scale x kernels`` on a few (model, measured ms) pairs.
+
+        Kernels timed alone miss what runs between them (embeddings, masks, pooling, layout
+        changes) and how the whole model behaves in cache; one pair sets only ``scale``
+        (the fixed part stays 0), two or more set both by least squares.
+        """
+        pairs = [(self.kernels_ms(model, seq), ms) for model, ms in measured]
+        if not pairs:
+            raise ValueError("calibration needs at least one (model, measured_ms) pair")
+        xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
+        if len(pairs) == 1 or max(xs) - min(xs) < 1e-9:
+            self.fixed_ms, self.scale = 0.0, sum(ys) / sum(xs)
+            return
+        mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+        scale = sum((x - mean_x) * (y - mean_y) for x, y in pairs) / sum((x - mean_x) ** 2 for x in xs)
+        fixed = mean_y - scale * mean_x
+        if fixed < 0 or scale <= 0:  # no room for a fixed part: a pure scale fits best
+            fixed, scale = 0.0, sum(x * y for x, y in pairs) / sum(x * x for x in xs)
+        self.fixed_ms, self.scale = fixed, scale
 
     def predict(self, model: nn.Module, seq: int) -> float:
         """Predicted milliseconds of ``model`` at sequence length ``seq``."""
-        return self.fixed_ms + self.kernels_ms(model, seq)
+        return self.fixed_ms + self.scale * self.kernels_ms(model, seq)
 
     def save(self, path: Path) -> None:
-        """One CSV row per key (``fixed`` row for the calibrated part)."""
+        """One CSV row per key (``fixed`` and ``scale`` rows hold the calibration)."""
         with open(path, "w", newline="") as f:
             writer = csv.DictWriter(f, ["op", "seq", "hidden", "width", "heads", "latency_ms"])
             writer.writeheader()
             writer.writerow({"op": "fixed", "seq": 0, "hidden": 0, "width": 0, "heads": 0, "latency_ms": self.fixed_ms})
+            writer.writerow({"op": "scale", "seq": 0, "hidden": 0, "width": 0, "heads": 0, "latency_ms": self.scale})
             for key, ms in sorted(self.latency_ms.items()):
                 writer.writerow({**asdict(key), "latency_ms": ms})
 
@@ -194,6 +213,8 @@ class TransformerTable:
             for row in csv.DictReader(f):
                 if row["op"] == "fixed":
                     table.fixed_ms = float(row["latency_ms"])
+                elif row["op"] == "scale":
+                    table.scale = float(row["latency_ms"])
                 else:
                     key = TransformerKey(row["op"], int(row["seq"]), int(row["hidden"]), int(row["width"]), int(row["heads"]))
                     table.latency_ms[key] = float(row["latency_ms"])

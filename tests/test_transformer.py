@@ -178,11 +178,14 @@ def test_transformer_kernel_keys_cover_the_space_and_predict_pruned_models(tiny_
         assert module(x).shape == x.shape
     table = TransformerTable("onnxruntime-cpu")
     table.measure(keys[:2] + pruned_keys, warmup=2, repeats=5)
-    dense_ms = 1.0 + table.kernels_ms(tiny_bert, IDS.shape[1])
-    table.calibrate(tiny_bert, IDS.shape[1], dense_ms)
-    assert table.predict(tiny_bert, IDS.shape[1]) == pytest.approx(dense_ms)
-    assert table.predict(pruned, IDS.shape[1]) == pytest.approx(table.fixed_ms + sum(table.latency_ms[k] for k in pruned_keys))
+    seq = IDS.shape[1]
+    dense_kernels, pruned_kernels = table.kernels_ms(tiny_bert, seq), sum(table.latency_ms[k] for k in pruned_keys)
+    assert table.kernels_ms(pruned, seq) == pytest.approx(pruned_kernels) and pruned_kernels < dense_kernels
+    table.calibrate([(tiny_bert, 2 * dense_kernels)], seq)  # one pair: a pure scale
+    assert table.fixed_ms == 0 and table.predict(pruned, seq) == pytest.approx(2 * pruned_kernels)
+    table.calibrate([(tiny_bert, 0.5 + 1.5 * dense_kernels), (pruned, 0.5 + 1.5 * pruned_kernels)], seq)
+    assert table.fixed_ms == pytest.approx(0.5) and table.scale == pytest.approx(1.5)
     table.save(tmp_path / "table.csv")
     loaded = TransformerTable.load(tmp_path / "table.csv", "onnxruntime-cpu")
-    assert loaded.latency_ms == table.latency_ms and loaded.fixed_ms == pytest.approx(table.fixed_ms)
+    assert loaded.latency_ms == table.latency_ms and (loaded.fixed_ms, loaded.scale) == pytest.approx((table.fixed_ms, table.scale))
     assert isinstance(next(iter(loaded.latency_ms)), TransformerKey)
