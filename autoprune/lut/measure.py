@@ -111,31 +111,44 @@ def measure_files(
     inspect: Optional[Callable[[Path, np.ndarray], dict]] = None,
     inspected: Optional[list[dict]] = None,
 ) -> list[LatencyStats]:
-    """Write each model file and time it on ``device``.
+    """Write each model file and time it on ``device`` (see :func:`measure_passes`).
 
-    Locally the files are loaded together and timed interleaved; with ``measurer`` each
-    file is sent to it in turn. ``repeats`` defaults to the device's. ``inspect(path, x)``,
-    if given, is called on every file after timing and its results appended to ``inspected``.
+    ``inspect(path, x)``, if given, is called on every file after timing and its results
+    appended to ``inspected``.
+    """
+    return measure_passes(device, writes, 1, rounds, measurer, repeats, inspect, inspected)[0]
+
+
+def measure_passes(
+    device: DeviceProfile,
+    writes: Sequence[Write],
+    passes: int = 1,
+    rounds: int = 3,
+    measurer: Optional[FileMeasurer] = None,
+    repeats: Optional[int] = None,
+    inspect: Optional[Callable[[Path, np.ndarray], dict]] = None,
+    inspected: Optional[list[dict]] = None,
+) -> list[list[LatencyStats]]:
+    """Write each model file once and time every file in each of ``passes`` passes.
+
+    Locally each pass loads the files afresh and times them together, interleaved; with
+    ``measurer`` each file is sent to it in turn. ``repeats`` defaults to the device's.
     """
     repeats = repeats or device.repeats
     backend = device_backend(device) if measurer is None else get_backend(device.backend)
     with tempfile.TemporaryDirectory(prefix="autoprune-lut-") as tmp:
-        if measurer is not None:
-            out = []
-            for i, write in enumerate(writes):
-                path, x = write(Path(tmp) / f"m{i}{backend.suffix}")
-                out.append(measurer(path, x, device.threads, device.warmup, repeats))
-                path.unlink()
-            return out
-        loaded, files = [], []
-        for i, write in enumerate(writes):
-            path, x = write(Path(tmp) / f"m{i}{backend.suffix}")
-            loaded.append(Timed(backend.load(path, device.threads), x))
-            files.append((path, x))
-        stats = time_interleaved(loaded, device.warmup, repeats, rounds)
+        files = [write(Path(tmp) / f"m{i}{backend.suffix}") for i, write in enumerate(writes)]
+        results = []
+        for _ in range(passes):
+            if measurer is not None:
+                results.append([measurer(path, x, device.threads, device.warmup, repeats) for path, x in files])
+                continue
+            loaded = [Timed(backend.load(path, device.threads), x) for path, x in files]
+            results.append(time_interleaved(loaded, device.warmup, repeats, rounds))
+            del loaded
         if inspect is not None and inspected is not None:
             inspected.extend(inspect(path, x) for path, x in files)
-        return stats
+        return results
 
 
 def measure_models(
@@ -148,3 +161,11 @@ def measure_models(
     """Export the models ``builds`` make with the device's backend and time them (see :func:`measure_files`)."""
     backend = get_backend(device.backend)
     return measure_files(device, [model_writer(backend, b) for b in builds], rounds, measurer, repeats)
+
+
+def measure_models_passes(
+    device: DeviceProfile, builds: Sequence[Build], passes: int, rounds: int = 3, measurer: Optional[FileMeasurer] = None
+) -> list[list[LatencyStats]]:
+    """Export each model once and time all of them in ``passes`` separate passes."""
+    backend = get_backend(device.backend)
+    return measure_passes(device, [model_writer(backend, b) for b in builds], passes, rounds, measurer)

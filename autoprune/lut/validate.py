@@ -4,7 +4,8 @@ The search ranks candidates by latency, so besides the error of each prediction 
 share within ±5% and ±10%) the rank correlation between predicted and measured latencies
 (Kendall's tau) is reported. Every candidate is measured twice, in two separate
 interleaved passes; the same statistics between the two passes are the measurement's
-noise floor, which no predictor can beat.
+noise floor, which no predictor can beat. (Each candidate is exported once; each pass
+loads it afresh.)
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from ..latency import batched, deployable
 from ..search_space import UnitSpace
 from ..units import Unit
 from .estimator import LUTEstimator
-from .measure import FileMeasurer, measure_models
+from .measure import FileMeasurer, measure_models_passes
 
 
 def error_metrics(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
@@ -134,10 +135,8 @@ def validate(
     x = batched(example_input, device.batch_size)
     builds = [lambda m=m: (m, x) for m in models]
     t = time.perf_counter()
-    say(f"measuring {n} candidates on {device.name} (pass 1 of 2)")
-    first = measure_models(device, builds, rounds=rounds, measurer=measurer)
-    say(f"measuring {n} candidates on {device.name} (pass 2 of 2)")
-    second = measure_models(device, builds, rounds=rounds, measurer=measurer)
+    say(f"exporting {n} candidates and measuring them on {device.name}, twice")
+    first, second = measure_models_passes(device, builds, passes=2, rounds=rounds, measurer=measurer)
     measure_s = time.perf_counter() - t
     rows = pd.DataFrame(
         {
