@@ -146,7 +146,8 @@ def now() -> str:
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model, core count and OS of this machine, for the metadata."""
+    """CPU model, cores, caches, OS and load of this machine, for the metadata (the cache
+    sizes say which networks stream their weights; the load how noisy the timings were)."""
     cpu = platform.processor() or ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -156,6 +157,15 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "system": f"{platform.system()} {platform.release()}", "python": platform.python_version()}
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level, kind = (index / "level").read_text().strip(), (index / "type").read_text().strip()
+            if kind != "Instruction":
+                info[f"l{level}_cache"] = (index / "size").read_text().strip()
+        except OSError:
+            continue
+    if hasattr(os, "getloadavg"):
+        info["load_1min_at_start"] = round(os.getloadavg()[0], 2)
     try:
         import torch
 
