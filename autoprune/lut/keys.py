@@ -100,6 +100,7 @@ class KernelKey:
         return replace(self, cin=cin, cout=cout)
 
     def dense(self) -> "KernelKey":
+        """The same kernel with dense weights."""
         return replace(self, sparsity=0.0, pattern="")
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,9 +108,8 @@ class KernelKey:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "KernelKey":
-        names = {f.name: f.type for f in fields(cls)}
         out: dict[str, Any] = {}
-        for name in names:
+        for name in (f.name for f in fields(cls)):
             if name in data:
                 value = data[name]
                 if name in ("op", "act", "pattern"):
