@@ -273,3 +273,20 @@ def test_calibration_recovers_intercept_scale_and_weight_cost():
     # weights that seem to make networks faster are not believed: that term is dropped
     faster = [p.model_copy(update={"measured_ms": 0.004 + 0.05 + 0.8 * p.kernel_sum_ms - 0.04 * p.weight_mb}) for p in points]
     assert fit_calibration(faster, 0.004, "model m").per_mb_ms == 0.0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["torch-cuda", "onnxruntime-cuda"])
+def test_profile_and_predict_on_a_gpu_backend(backend, request, tmp_path):
+    from autoprune.backends import get_backend
+
+    ok, why = get_backend(backend).available()
+    if not ok:
+        pytest.skip(why)
+    task = request.getfixturevalue("tiny_resnet_task")
+    units, bound, _ = bind(task, tmp_path, {"rules": [{"match": "*", "pruning_ratio": {"low": 0.0, "high": 0.5, "step": 0.5}}]})
+    make_device(tmp_path, "gpu", backend=backend)
+    device = load_device("gpu", tmp_path)
+    report = profile(device, task.model, task.example_input, units, bound, calibration=3, rounds=1)
+    assert report.measured == report.keys > 0 and load_table(device).meta.context == "sum"
+    assert LUTEstimator(device).latency_ms(task.model, task.example_input) > 0
