@@ -43,7 +43,7 @@ def test_changing_what_is_searched_refuses_to_mix_studies(tmp_path):
 
 
 def test_killed_search_resumes_with_no_trial_lost_or_run_twice(tmp_path):
-    config_path = write_config(tmp_path, budget={"trials": 8}, finetune={"epochs": 1.0})
+    config_path = write_config(tmp_path, budget={"trials": 8}, finetune={"epochs": 0.5})
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "autoprune.cli", "search", str(config_path), "--no-progress"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
