@@ -61,9 +61,15 @@ class RunSummary:
     trial_s: float
     controller_s: float
 
+    @property
+    def wall_s(self) -> float:
+        """The run's time on its own: its distinct plans' evaluations plus its controller's time."""
+        return self.trial_s + self.controller_s
+
     def row(self) -> dict[str, Any]:
         out = {k: v for k, v in dataclasses.asdict(self).items() if k != "best"}
         out.update({f"best_acc@{s:g}x": v for s, v in self.best.items()})
+        out["wall_s"] = self.wall_s
         return out
 
 
@@ -392,6 +398,7 @@ def summary_table(comparison: Comparison) -> list[dict[str, Any]]:
         row["evaluated"] = float(np.mean([r.evaluated for r in runs]))
         row["trial_s"] = float(np.mean([r.trial_s for r in runs]))
         row["controller_s"] = float(np.mean([r.controller_s for r in runs]))
+        row["wall_s"] = float(np.mean([r.wall_s for r in runs]))
         rows.append(row)
     return rows
 
@@ -470,7 +477,9 @@ def _markdown(comparison: Comparison, runs, summary, plot_name: str, notes: str)
         f"this run of the comparison took {comparison.wall_s / 60:.1f} min.",
         f"- Hypervolume over (accuracy, latency / dense latency) with the fixed reference point "
         f"(dense accuracy - {100 * ref.accuracy_drop:g} points, {ref.latency:g} x dense latency); "
-        f"best accuracy at Nx = the most accurate plan at least N times faster than dense.",
+        f"best accuracy at Nx = the most accurate plan at least N times faster than dense; `trials` counts every "
+        f"trial (repeats included), `evaluated` the distinct plans; `wall_s` is a run's time on its own (its distinct "
+        f"plans' evaluation time `trial_s` plus its controller's ask/tell time `controller_s`).",
         "",
         "## Summary (mean over seeds)",
         "",
