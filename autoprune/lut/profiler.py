@@ -4,9 +4,9 @@
 (:mod:`.enumeration`), skips those already in the device's table, times the rest in
 chunks (each chunk appended to the CSV as soon as it is measured, so a killed run
 resumes where it stopped), and finally measures a few whole models end to end (the
-dense one, the most pruned uniform one and random plans) to calibrate what a sum of
-isolated kernels misses: the call overhead, the framing around each kernel, operator
-fusion across kernels.
+random plans of the space) to calibrate what a sum of isolated kernels misses: the call
+overhead, the framing around each kernel, operator fusion across kernels, and weights
+that stop fitting in cache.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from ..apply import apply_plan
 from ..backends import LatencyStats, get_backend
 from ..devices import DeviceProfile
 from ..latency import batched, deployable
-from ..plan import Plan, UnitChoice
+from ..plan import Plan
 from ..search_space import UnitSpace
 from ..tasks import Task
 from ..units import Unit
@@ -98,24 +98,18 @@ def measure_keys(
     return [(k, s, {}) for k, s in zip(keys, stats)]
 
 
-def uniform_plan(space: Mapping[str, UnitSpace], which: str = "high") -> Plan:
-    """Every unit at its rule's highest (or lowest) ratio with its first granularity."""
-    choices = {}
-    for name, us in space.items():
-        ratio = us.rule.pruning_ratio.high if which == "high" else us.rule.pruning_ratio.low
-        choices[name] = UnitChoice(us.rule.granularities[0], ratio, us.rule.criteria[0])
-    return Plan.from_dict(choices)
-
-
 def calibration_plans(space: Mapping[str, UnitSpace], n: int, seed: int = 0) -> list[tuple[str, Plan]]:
-    """The dense model, the most pruned uniform plan, then random plans: ``n`` in all."""
+    """``n`` random plans of the space.
+
+    Random plans are what the search and :func:`.validate.validate` draw from; extreme
+    plans (the dense model, everything at the highest ratio) have so much leverage on a
+    least-squares fit that they bent it away from the bulk of the space (on the digits
+    ResNet with LiteRT: MAPE 6.6% with them, 4.3% without, same points otherwise).
+    """
     from ..controllers import random_plan
 
-    plans = [("dense", Plan()), ("uniform-high", uniform_plan(space, "high"))]
     rng = np.random.default_rng(seed + 1_000_003)
-    while len(plans) < n:
-        plans.append((f"random-{len(plans) - 1}", random_plan(space, rng)))
-    return plans[:n]
+    return [(f"random-{i}", random_plan(space, rng)) for i in range(n)]
 
 
 def profile(
