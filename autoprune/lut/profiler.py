@@ -3,15 +3,15 @@
 :func:`profile` enumerates the kernel keys of the task's model under the space
 (:mod:`.enumeration`), skips those already in the device's table, times the rest in
 chunks (each chunk appended to the CSV as soon as it is measured, so a killed run
-resumes where it stopped), and finally measures a few whole models end to end (the
-random plans of the space) to calibrate what a sum of isolated kernels misses: the call
+resumes where it stopped), and finally measures a few whole models end to end (random
+plans of the space) to calibrate what a sum of isolated kernels misses: the call
 overhead, the framing around each kernel, operator fusion across kernels, and weights
 that stop fitting in cache.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -52,7 +52,6 @@ class ProfileReport:
     calibration: Calibration
     calibration_points: int
     table: str
-    extra: dict = field(default_factory=dict)
 
     def summary(self) -> str:
         return (
