@@ -11,7 +11,7 @@ env: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[all]'
+	$(BIN)/pip install --quiet torch==2.13.0 -e '.[all]'
 	touch $@
 
 demo: env
