@@ -91,12 +91,13 @@ class Comparison:
 
 
 class EvaluationCache:
-    """Evaluated plans by plan key, appended to a JSON-lines file as they are made."""
+    """Evaluated plans by plan key, appended to a JSON-lines file as they are made (kept in
+    memory only when ``path`` is None)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Optional[Path]) -> None:
         self.path = path
         self._records: dict[str, TrialResult] = {}
-        if path.exists():
+        if path is not None and path.exists():
             for line in path.read_text().splitlines():
                 try:
                     record = TrialResult.from_dict(json.loads(line))
@@ -109,6 +110,8 @@ class EvaluationCache:
 
     def add(self, record: TrialResult) -> None:
         self._records[record.plan_key] = record
+        if self.path is None:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(json.dumps(record.to_dict()) + "\n")
@@ -324,22 +327,35 @@ def best_plans(comparison: Comparison, speedup: float) -> list[tuple[str, int, T
 
 
 def rescore(
-    config: Config, comparison: Comparison, speedup: float = 2.0, task_options: Optional[dict[str, Any]] = None
+    config: Config,
+    comparison: Comparison,
+    speedup: float = 2.0,
+    task_options: Optional[dict[str, Any]] = None,
+    cache: Optional[EvaluationCache] = None,
 ) -> list[dict[str, Any]]:
     """Evaluate each run's best plan at ``speedup`` again on other validation data.
 
     The plan is pruned and fine-tuned exactly as in the search (same seed, same training
     data), then scored on the task built with ``task_options`` (for instance a larger
     validation split): the best of many noisy scores is biased up, and this shows by how much.
+    ``cache`` keeps these evaluations (it must not be the comparison's own cache).
     """
     from ..context import build_context
 
-    other = build_context(config.model_copy(update={"task_options": {**config.task_options, **(task_options or {})}}))
-    rows, done = [], {}
-    for controller, seed, record in best_plans(comparison, speedup):
-        if record.plan_key not in done:
-            done[record.plan_key] = run_trial(other, Plan.from_dict(record.plan), plan_seed(Plan.from_dict(record.plan)))
-        again = done[record.plan_key]
+    picked = best_plans(comparison, speedup)
+    cache = cache if cache is not None else EvaluationCache(None)
+    other = None
+    rows = []
+    for controller, seed, record in picked:
+        again = cache.get(record.plan_key)
+        if again is None:
+            if other is None:
+                options = {**config.task_options, **(task_options or {})}
+                other = build_context(config.model_copy(update={"task_options": options}))
+            plan = Plan.from_dict(record.plan)
+            again = run_trial(other, plan, plan_seed(plan))
+            if again.state == COMPLETE:
+                cache.add(again)
         rows.append(
             {
                 "controller": controller,
@@ -547,8 +563,12 @@ def plot_fronts(comparison: Comparison, path: Path) -> Path:
     ax.scatter([1.0], [baseline["accuracy"]], marker="*", s=160, color="k", label="dense", zorder=5)
     floor = baseline["accuracy"] - 2 * comparison.reference.accuracy_drop
     ax.set_ylim(bottom=max(floor, 0.0))
+    fastest = max([dense_ms / r.latency_ms[device] for rs in comparison.records.values() for r in rs
+                   if r.state == COMPLETE and device in r.latency_ms] or [1.0])
+    ax.set_xlim(right=max(fastest * 1.05, 1.1))
     for s in comparison.speedups:
-        ax.axvline(s, color="grey", lw=0.6, alpha=0.5)
+        if s <= fastest * 1.05:
+            ax.axvline(s, color="grey", lw=0.6, alpha=0.5)
     ax.set_xlabel(f"speedup over dense on {device} ({comparison.latency_method})")
     ax.set_ylabel("accuracy after the trial fine-tune")
     ax.set_title("Pareto fronts per controller (line style = seed)")
