@@ -114,6 +114,15 @@ class RLController(Controller):
     **Warm start.** The first ``warm_start`` trials are uniform plans spread over the ratio
     range; they and any records of other controllers fill the replay buffer.
 
+    **Options** (``controller_options``, defaults in brackets): ``warm_start`` (5),
+    ``hidden`` (64), ``actor_lr`` (1e-3), ``critic_lr`` (1e-3), ``tau`` (0.05),
+    ``batch_size`` (64), ``updates`` (64 per trial), ``noise`` (0.5), ``noise_decay``
+    (0.95), ``penalty`` (4.0), ``relabel`` (0.5, the share of replayed transitions given
+    another budget), ``spread`` (0.5, how far from the anchor an action reaches, as a
+    fraction of the ratio range). AMC used 300 hidden units, learning rates 1e-4 / 1e-3,
+    tau 0.01 and 100 random warm-up episodes out of 400; a search of tens of trials needs
+    the smaller, faster-moving networks above.
+
     Trial ``i`` draws its noise from a generator seeded with ``(seed, i)`` and training is
     seeded by the number of episodes, so a resumed run (which replays the records in order)
     proposes what an uninterrupted one would have.
