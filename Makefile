@@ -1,5 +1,6 @@
 # Two entry points: `make demo` (the main job on the embedded default) and `make test`.
-# Both create the virtual environment first if it is missing: CPU torch 2.13.0, then autoprune.
+# Both create the virtual environment first if it is missing: CPU torch 2.13.0, then autoprune
+# with the versions it is tested with (constraints.txt, so pip need not search for a resolution).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,10 +9,10 @@ BIN := $(VENV)/bin
 
 env: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet torch==2.13.0 -e '.[all]'
+	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0 -e '.[all]'
 	touch $@
 
 demo: env
