@@ -208,15 +208,22 @@ def write_report(df: pd.DataFrame, metas: dict, args: argparse.Namespace, machin
     for (model, device), part in df.groupby(["model", "device"], sort=False):
         first = part.iloc[0]
         lines.append(
-            f"| {model} | {device} | dense | {f(first.accuracy_dense)} | {f(first.size_bytes_dense / 1024, 3)} | {f(first.latency_ms_dense_predicted)} | "
+            f"| {model} | {device} | dense | {f(first.accuracy_dense)} | {f(first.size_bytes_dense / 1024)} | {f(first.latency_ms_dense_predicted)} | "
             f"{f(part.latency_ms_dense_measured.median())} (median over exports) | 1 | 1 | |"
         )
         for _, r in part[part.targets != ""].iterrows():
             lines.append(
-                f"| {model} | {device} | trial {int(r.trial)} (≈{r.targets}) | {f(r.accuracy_search)} → {f(r.accuracy_export)} | {f(r.size_bytes / 1024, 3)} | "
+                f"| {model} | {device} | trial {int(r.trial)} (≈{r.targets}) | {f(r.accuracy_search)} → {f(r.accuracy_export)} | {f(r.size_bytes / 1024)} | "
                 f"{f(r.latency_ms_predicted)} | {f(r.latency_ms_measured)} | {f(r.speedup_predicted, 3)}x | {f(r.speedup_measured, 3)}x | {f(r.realised_over_predicted, 3)} |"
             )
     lines += [
+        "",
+        (
+            "Predicted latency is the search's own measurement of each member (latency `measured`), so realised/predicted shows "
+            "run-to-run noise of re-exporting and re-timing; with a latency table (`--latency lut`) it would test the table's prediction."
+            if args.latency == "measured"
+            else f"Predicted latency comes from the latency `{args.latency}` estimator of the study; measured is the exported file on the device."
+        ),
         "",
         "## Does the short fine-tune rank members like the export fine-tune? (Kendall's tau)",
         "",
@@ -242,7 +249,7 @@ def write_report(df: pd.DataFrame, metas: dict, args: argparse.Namespace, machin
         for _, r in q.iterrows():
             lines.append(
                 f"| {r.model} | {r.device} | trial {int(r.trial)} | {r['mode']} | {f(r.accuracy_float)} → {f(r.accuracy_int8)} | {f(r.top1_agreement_vs_float, 3)} | "
-                f"{f(r.size_bytes_float / 1024, 3)} → {f(r.size_bytes_int8 / 1024, 3)} | {f(r.latency_ms_float)} → {f(r.latency_ms_int8)} | "
+                f"{f(r.size_bytes_float / 1024)} → {f(r.size_bytes_int8 / 1024)} | {f(r.latency_ms_float)} → {f(r.latency_ms_int8)} | "
                 f"{f(r.speedup_int8_over_float, 3)}x | {f(r.speedup_int8_over_dense, 3)}x |"
             )
         lines += ["", "Methods: " + "; ".join(f"{m}" for m in q.method.unique()) + "."]
