@@ -83,6 +83,7 @@ class Comparison:
     latency_method: str
     reference: Reference
     speedups: tuple[float, ...]
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
     runs: list[RunSummary] = field(default_factory=list)
     records: dict[tuple[str, int], list[TrialResult]] = field(default_factory=dict)
     evaluations: int = 0
@@ -297,6 +298,7 @@ def compare_controllers(
         baseline_file.write_text(json.dumps(baseline, indent=2))
     cache = EvaluationCache(work_dir / "evaluations.jsonl")
     comparison = Comparison(config, baseline, device, method, reference, tuple(float(s) for s in speedups))
+    comparison.options = {c: dict(options.get(c) or {}) for c in controllers}
     pairs = [(c, s) for s in seeds for c in controllers] if order == "seed" else [(c, s) for c in controllers for s in seeds]
     for controller, seed in pairs:
         trial_hook = (lambda r, c=controller, s=seed: on_trial(c, s, r)) if on_trial else None
@@ -483,6 +485,9 @@ def _markdown(comparison: Comparison, runs, summary, plot_name: str, notes: str)
         f"- Task `{config.task}` {json.dumps(config.task_options)}; search space `{Path(config.search_space).name}`; "
         f"device `{device}`, latency **{comparison.latency_method}**"
         + (" (lookup table: speedups are predicted)" if comparison.latency_method != "measured" else " (no lookup table for this device: every plan was exported and timed, median of the profile's repeats; noisy under load)"),
+        "- Controller options: "
+        + ("; ".join(f"`{c}` {json.dumps(o)}" for c, o in comparison.options.items() if o) or "none")
+        + " (anything not given: the controller's defaults).",
         f"- Dense model: accuracy {pct(baseline['accuracy'])}%, latency {baseline['latency_ms'][device]:.4f} ms on `{device}`.",
         "- Fine-tune recipe per trial: "
         + (f"{recipe.max_steps} steps (at most {recipe.epochs:g} epochs)" if recipe.max_steps is not None else f"{recipe.epochs:g} epochs")
