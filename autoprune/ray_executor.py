@@ -1,47 +1,57 @@
-"""Run a study on a Ray cluster: the same trial function, study directory and records as the
-local executor (:mod:`autoprune.executor`), with each trial a Ray task.
+"""Run a study on a Ray cluster through Ray Tune: the same trial function, study directory
+and records as the local executor (:mod:`autoprune.executor`), each trial a Tune trial.
 
-The driver (this process) owns the study: it asks the controller for plans, keeps up to
-``max_concurrent`` trials in flight, and as each finishes appends its record to
-``trials.jsonl`` and tells the controller. Workers only run
-:func:`autoprune.trial.run_trial` and return the record, so one process writes the study
-(SQLite allows no concurrent writers) and every registered controller works unchanged
-through ask/tell.
+The driver (this process) runs the Tune experiment and owns the study. The search
+algorithm is the study's controller behind :class:`StudySearcher`, a
+:class:`~autoprune.tune_searcher.ControllerSearcher` that also keeps the study: as each
+trial finishes it appends the record to ``trials.jsonl`` and tells the controller, so one
+process writes the study (SQLite allows no concurrent writers) and the records stay the
+source of truth. Workers only run :func:`autoprune.trial.run_trial` (through
+:func:`autoprune.tune_searcher.trainable`) and report the record.
 
-Why Ray tasks driven by this loop rather than Ray Tune: the study's records must stay the
-one source of truth across a killed driver, and Tune keeps its own experiment state that a
-``kill -9`` can leave behind or ahead of ours; Tune's schedulers are single-objective, so
-multi-objective stopping needs the driver's view anyway (:mod:`autoprune.stopping`, here
-held by a small actor); and a task that reuses its worker process costs milliseconds where
-a Tune trial starts an actor. Ray still does the distributed part: placement by resources,
-re-running a trial whose worker process or node died (``max_retries``), and moving the
-dense model and data to each worker once through the object store.
+Ray Tune does the distributed part: placing trials by resources, retrying a trial whose
+worker process or node died (``FailureConfig(max_failures)``), moving the dense model and
+data to the workers once (``tune.with_parameters``), and stopping trials on the
+:class:`DominanceScheduler`'s word (multi-objective stopping, :mod:`autoprune.stopping`).
+A killed driver is resumed from the records: a fresh Tune experiment runs the remaining
+budget with the controller rebuilt from them.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import json
 import logging
 import math
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator, Optional, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
 
 import ray
-import torch
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from ray import tune
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
 from tqdm.auto import tqdm
 
-from .config import Config, Stopping
+from .config import Config
 from .context import build_context, dense_baseline
+from .controllers import Controller
+from .controllers.optuna_samplers import OptunaController, distributions, params_to_plan
 from .errors import AutopruneError
 from .executor import budget_left, make_controller
 from .front import device_front
-from .objectives import Objective
+from .objectives import build_objectives
 from .plan import Plan
-from .stopping import DominanceRule, Report, TrialMonitor, append_reports, load_reports
+from .stopping import DominanceRule, Report, append_reports, load_reports
 from .study import Study
-from .trial import COMPLETE, FAILED, STOPPED, TrialContext, TrialResult, run_trial
+from .trial import COMPLETE, FAILED, STOPPED, TrialContext, TrialResult
+from .tune_searcher import RECORD, RUNG, ControllerSearcher, lost_trial, metrics, record_from_result, trainable
+
+#: Tune's experiment folders of a study, one per run of the driver (the records stay the truth).
+TUNE_DIR = "tune"
 
 
 @dataclass(frozen=True)
@@ -102,58 +112,6 @@ def concurrency(options: RayOptions) -> int:
     return max(1, int(fits))
 
 
-# -- the worker side ------------------------------------------------------------------
-_CONTEXTS: dict[str, TrialContext] = {}
-
-
-def _context(ref: ray.ObjectRef) -> tuple[TrialContext, float]:
-    """The study's context, fetched from the object store once per worker process."""
-    key = ref.hex()
-    if key in _CONTEXTS:
-        return _CONTEXTS[key], 0.0
-    start = time.perf_counter()
-    _CONTEXTS.clear()
-    _CONTEXTS[key] = ray.get(ref)
-    return _CONTEXTS[key], time.perf_counter() - start
-
-
-def _remote_check(rule: "ray.actor.ActorHandle") -> Callable[[Report], bool]:
-    def check(report: Report) -> bool:
-        try:
-            return bool(ray.get(rule.check.remote(report)))
-        except ray.exceptions.RayError:  # the rule is advisory: without it a trial runs to the end
-            return False
-
-    return check
-
-
-def trial_task(
-    boxed_context: list, plan: dict, number: int, threads: int, boxed_rule: list, rungs: Sequence[float], objectives: Sequence[Objective]
-) -> tuple[dict, list[dict]]:
-    """One trial on a worker: the record and its rung reports, as plain dicts.
-
-    The context and the rule come boxed in lists so Ray hands over their references and the
-    worker can keep the context it already fetched.
-    """
-    torch.set_num_threads(threads)
-    ctx, fetch_s = _context(boxed_context[0])
-    monitor = TrialMonitor(rungs, _remote_check(boxed_rule[0]), objectives) if boxed_rule else None
-    result = run_trial(ctx, Plan.from_dict(plan), number, monitor)
-    if fetch_s:
-        result.timings["context_s"] = fetch_s
-    return result.to_dict(), [r.to_dict() for r in monitor.reports] if monitor else []
-
-
-class RuleActor:
-    """The study's :class:`~autoprune.stopping.DominanceRule`, shared by every worker."""
-
-    def __init__(self, options: Stopping, reports: Sequence[Report]) -> None:
-        self.rule = DominanceRule(options, reports)
-
-    def check(self, report: Report) -> bool:
-        return self.rule.check(report)
-
-
 # -- the driver ------------------------------------------------------------------------
 def free_numbers(used: set[int]) -> Iterator[int]:
     """Trial numbers not taken by a record, lowest first (a killed run's unfinished ones come back)."""
@@ -164,16 +122,178 @@ def free_numbers(used: set[int]) -> Iterator[int]:
         n += 1
 
 
-def lost_trial(number: int, plan: Plan, err: Exception, retries: int) -> TrialResult:
-    """The record of a trial Ray gave up on (its worker or node died more than ``retries`` times)."""
-    first_line = (str(err).strip().splitlines() or [""])[0]
-    return TrialResult(
-        number,
-        plan.to_dict(),
-        plan.key,
-        state=FAILED,
-        error=f"{type(err).__name__}: trial lost after {retries} retries: {first_line}",
-        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+class DominanceScheduler(FIFOScheduler):
+    """Multi-objective stopping as a Tune scheduler: a trial reporting a rung is stopped when
+    another trial dominates it there by the margins (:class:`~autoprune.stopping.DominanceRule`).
+
+    Tune's own schedulers (ASHA, median stopping) rank trials on one metric and would stop
+    fast but less accurate candidates that belong on the front. The reports of each running
+    trial are kept here until the study records the trial.
+    """
+
+    def __init__(self, rule: DominanceRule) -> None:
+        super().__init__()
+        self.rule = rule
+        self._reports: dict[str, dict[int, Report]] = {}
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if not result.get(RUNG):
+            return TrialScheduler.CONTINUE
+        report = Report.from_dict(json.loads(result[RUNG]))
+        kept = self._reports.setdefault(trial.trial_id, {})
+        for rung in [r for r in kept if r >= report.rung]:  # a retried trial reports its rungs again
+            del kept[rung]
+        kept[report.rung] = report
+        return TrialScheduler.STOP if self.rule.check(report) else TrialScheduler.CONTINUE
+
+    def pop_reports(self, trial_id: str) -> list[Report]:
+        return [r for _, r in sorted(self._reports.pop(trial_id, {}).items())]
+
+
+class StudySearcher(Searcher):
+    """The search algorithm of a study on Tune: wraps the controller's searcher (a
+    :class:`~autoprune.tune_searcher.ControllerSearcher`, or Tune's ``OptunaSearch`` for the
+    Optuna samplers) and keeps the study. It numbers trials, reuses the record of a plan
+    evaluated before, spends the config's budget, and writes each record (with its rung
+    reports) to the study directory as the trial finishes, before telling the inner searcher.
+    """
+
+    def __init__(
+        self,
+        inner: Searcher,
+        config: Config,
+        study: Study,
+        records: list[TrialResult],
+        scheduler: Optional[DominanceScheduler] = None,
+        on_trial: Optional[Callable[[TrialResult], None]] = None,
+        progress: Optional[tqdm] = None,
+        retries: int = 0,
+    ) -> None:
+        super().__init__()
+        self.inner = inner
+        self.retries = retries
+        self.config = config
+        self.study = study
+        self.records = records
+        self.scheduler = scheduler
+        self.on_trial = on_trial
+        self.progress = progress
+        self.started = time.monotonic()
+        self.objectives = build_objectives(config.objectives, config.devices)
+        self._space: Optional[dict] = None
+        self._numbers = free_numbers({r.number for r in records})
+        self._evaluated = {r.plan_key: r for r in records if r.state == COMPLETE}
+        self._live: dict[str, tuple[str, Plan, int, int]] = {}
+        self._asked = 0
+
+    def bind(self, space: dict) -> "StudySearcher":
+        """The search space, for an inner searcher that suggests Optuna parameters."""
+        self._space = space
+        return self
+
+    def _propose(self, key: str, suggestion: dict) -> tuple[Plan, int]:
+        """The plan of the inner searcher's suggestion, and the handle its records keep (``trial_id``)."""
+        if isinstance(self.inner, ControllerSearcher):
+            return Plan.from_dict(suggestion["plan"]), self.inner.proposal(key).trial_id
+        from ray.tune.search.optuna import OptunaSearch
+
+        assert isinstance(self.inner, OptunaSearch) and self._space is not None
+        # OptunaSearch keeps the Optuna trial of each Tune trial by id; its number is the handle
+        return params_to_plan(suggestion, self._space), self.inner._ot_trials[key].number
+
+    def _tell(self, key: str, record: TrialResult) -> None:
+        if isinstance(self.inner, ControllerSearcher):
+            self.inner.on_trial_complete(key, {RECORD: json.dumps(record.to_dict())})
+        elif record.state == COMPLETE:
+            self.inner.on_trial_complete(key, metrics(record, self.objectives))
+        else:  # OptunaSearch marks a trial without values PRUNED, or FAIL with error=True
+            self.inner.on_trial_complete(key, None, error=record.state == FAILED)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._live)
+
+    def suggest(self, trial_id: str) -> Optional[dict]:
+        while budget_left(self.config, len(self.records) + self.in_flight, self.started):
+            key = f"{trial_id}.{self._asked}"  # a cached plan asks again under a new key
+            self._asked += 1
+            suggestion = self.inner.suggest(key)
+            if suggestion is None or suggestion == Searcher.FINISHED:
+                return suggestion
+            plan, handle = self._propose(key, suggestion)
+            number = next(self._numbers)
+            earlier = self._evaluated.get(plan.key)
+            if earlier is None:
+                self._live[trial_id] = (key, plan, number, handle)
+                return {"plan": plan.to_dict(), "number": number}
+            cached = dataclasses.replace(earlier, number=number, cached=True, timings={"total_s": 0.0}, plan=plan.to_dict())
+            self._finish(key, handle, cached, [])
+        return Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        live = self._live.pop(trial_id, None)
+        if live is None:
+            return
+        key, plan, number, handle = live
+        record = record_from_result(result)
+        if record is None:
+            reason = f"trial lost after {self.retries} retries: its worker or node died" if error else "the trial ended without a result"
+            record = lost_trial(number, plan, reason)
+        reports = self.scheduler.pop_reports(trial_id) if self.scheduler is not None else []
+        self._finish(key, handle, record, reports)
+
+    def _finish(self, key: str, handle: int, record: TrialResult, reports: list[Report]) -> None:
+        record.trial_id, record.controller = handle, self.config.controller
+        append_reports(self.study.path, reports)
+        self.study.append(record)
+        self._tell(key, record)
+        self.records.append(record)
+        if record.state == COMPLETE:
+            self._evaluated.setdefault(record.plan_key, record)
+        if self.progress is not None:
+            self.progress.update(1)
+            self.progress.set_postfix(
+                front=len(device_front(self.records, self.config.devices[0])),
+                failed=sum(r.state == FAILED for r in self.records),
+                stopped=sum(r.state == STOPPED for r in self.records),
+                running=self.in_flight,
+            )
+        if self.on_trial is not None:
+            self.on_trial(record)
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save: the study's records are the state, and a resumed run starts from them."""
+        with open(checkpoint_path, "w") as f:
+            json.dump({"study_dir": str(self.study.path), "records": len(self.records)}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Nothing to restore: ``autoprune search --resume`` rebuilds the search from the records."""
+
+    def __getstate__(self) -> dict:
+        # Tune pickles the experiment's settings; the live controller, storage and files stay here
+        return {"_metric": None, "_mode": None}
+
+
+def inner_searcher(config: Config, controller: Controller) -> Searcher:
+    """Tune's ``OptunaSearch`` for the Optuna controllers (same sampler, same study and storage,
+    multi-objective), a :class:`~autoprune.tune_searcher.ControllerSearcher` for the others.
+
+    The controller was resumed from the records first: for an Optuna study that settled the
+    trials a killed run left RUNNING and re-enqueued their parameters.
+    """
+    if not isinstance(controller, OptunaController):
+        return ControllerSearcher(controller)
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    objectives = controller.objectives
+    return OptunaSearch(
+        space=distributions(controller.space),
+        metric=[o.label for o in objectives],
+        mode=["max" if o.direction == "maximize" else "min" for o in objectives],
+        sampler=controller.study.sampler,
+        study_name=controller.study.study_name,
+        storage=optuna.storages.RDBStorage(config.storage or Study(config.study_dir).optuna_storage),
     )
 
 
@@ -184,78 +304,50 @@ def run_study_ray(
     context: Optional[TrialContext] = None,
     on_trial: Optional[Callable[[TrialResult], None]] = None,
 ) -> Study:
-    """Run (or resume) the study ``config`` describes on Ray, until the budget is spent."""
+    """Run (or resume) the study ``config`` describes on Ray Tune, until the budget is spent."""
     study = Study(config.study_dir)
     study.initialise(config)
     ctx = context or build_context(config)
     if study.baseline() is None:
         study.save_baseline(dense_baseline(ctx))
     records = study.records()
-    controller = make_controller(config, ctx.space, study)
+    controller = make_controller(config, ctx.space, study, ctx)
     controller.resume(records)
-    evaluated = {r.plan_key: r for r in records if r.state == COMPLETE}
-    numbers = free_numbers({r.number for r in records})
     started_here = connect(options)
-    rule: list = []
     try:
         width = concurrency(options)
-        ctx_ref = ray.put(ctx)
-        if config.stopping is not None:
-            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-            actor = ray.remote(RuleActor).options(num_cpus=0, max_restarts=-1, scheduling_strategy=here)
-            rule = [actor.remote(config.stopping, load_reports(study.path, records))]
-        rungs = config.stopping.rungs if config.stopping else []
-        task = ray.remote(trial_task).options(
-            num_cpus=options.cpus_per_trial, num_gpus=options.gpus_per_trial, max_retries=options.max_retries, retry_exceptions=False
+        scheduler = DominanceScheduler(DominanceRule(config.stopping, load_reports(study.path, records))) if config.stopping else None
+        trial_fn = tune.with_parameters(
+            trainable,
+            context=[ray.put(ctx)],
+            threads=max(1, math.floor(options.cpus_per_trial)),
+            rungs=list(config.stopping.rungs) if config.stopping else [],
+            objectives=controller.objectives,
         )
-        threads = max(1, math.floor(options.cpus_per_trial))
-        in_flight: dict[ray.ObjectRef, tuple[Any, int]] = {}
-        started = time.monotonic()
-        first_device = config.devices[0]
-
-        def finish(proposal: Any, result: TrialResult, reports: Sequence[Report], bar: tqdm) -> None:
-            result.trial_id, result.controller = proposal.trial_id, config.controller
-            append_reports(study.path, reports)
-            study.append(result)
-            controller.tell(proposal, result)
-            records.append(result)
-            if result.state == COMPLETE:
-                evaluated.setdefault(result.plan_key, result)
-            bar.update(1)
-            bar.set_postfix(
-                front=len(device_front(records, first_device)),
-                failed=sum(r.state == FAILED for r in records),
-                stopped=sum(r.state == STOPPED for r in records),
-                running=len(in_flight),
-            )
-            if on_trial is not None:
-                on_trial(result)
-
+        resources = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
         with tqdm(total=config.budget.trials, initial=len(records), desc=config.name, unit="trial", disable=not progress) as bar:
-            while True:
-                while len(in_flight) < width and budget_left(config, len(records) + len(in_flight), started):
-                    proposal = controller.ask()
-                    number = next(numbers)
-                    earlier = evaluated.get(proposal.plan.key)
-                    if earlier is not None:
-                        cached = dataclasses.replace(earlier, number=number, cached=True, timings={"total_s": 0.0}, plan=proposal.plan.to_dict())
-                        finish(proposal, cached, [], bar)
-                        continue
-                    ref = task.remote([ctx_ref], proposal.plan.to_dict(), number, threads, rule, rungs, controller.objectives)
-                    in_flight[ref] = (proposal, number)
-                if not in_flight:
-                    break
-                ready, _ = ray.wait(list(in_flight), num_returns=1)
-                proposal, number = in_flight.pop(ready[0])
-                try:
-                    data, reports = ray.get(ready[0])
-                    result, reports = TrialResult.from_dict(data), [Report.from_dict(r) for r in reports]
-                except ray.exceptions.RayError as err:
-                    result, reports = lost_trial(number, proposal.plan, err, options.max_retries), []
-                finish(proposal, result, reports, bar)
+            inner = inner_searcher(config, controller)
+            searcher = StudySearcher(inner, config, study, records, scheduler, on_trial, bar, options.max_retries).bind(ctx.space)
+            tuner = tune.Tuner(
+                tune.with_resources(trial_fn, resources),
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher,
+                    scheduler=scheduler or FIFOScheduler(),
+                    num_samples=-1,
+                    max_concurrent_trials=width,
+                    reuse_actors=True,
+                    trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+                ),
+                run_config=tune.RunConfig(
+                    name=datetime.now(timezone.utc).strftime("run-%Y%m%dT%H%M%S%f"),
+                    storage_path=str((Path(study.path) / TUNE_DIR).resolve()),
+                    failure_config=tune.FailureConfig(max_failures=options.max_retries),
+                    verbose=0,
+                ),
+            )
+            with contextlib.redirect_stdout(io.StringIO()):  # Tune's console tables; the progress bar and records say it
+                tuner.fit()
     finally:
         if started_here:
             ray.shutdown()
-        elif ray.is_initialized() and rule:
-            ray.kill(rule[0])
     return study

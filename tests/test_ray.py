@@ -1,5 +1,7 @@
-"""Studies on a real Ray cluster started here (a head and a second node), with faults:
-a worker process killed mid-trial, the driver killed and resumed, a node leaving."""
+"""Studies through Ray Tune on a real Ray cluster started here (a head and a second node),
+with faults: a worker process killed mid-trial, the driver killed and resumed, a node
+leaving; multi-fidelity stopping as a Tune scheduler; the controller searcher in a Tune
+experiment of one's own."""
 from __future__ import annotations
 
 import json
@@ -25,7 +27,7 @@ pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
 
 RAY = Path(sys.executable).with_name("ray")
-TRIAL_TITLE = "ray::trial_task"
+TRIAL_TITLE = "ray::ImplicitFunc.train"  # a Tune function trainable's actor while it runs a trial
 
 
 def free_port() -> int:
@@ -177,6 +179,47 @@ def test_a_trial_no_node_can_hold_is_a_clear_error(driver, tmp_path):
         run_study_ray(config, RayOptions(gpus_per_trial=1), progress=False, context=driver)
     with pytest.raises(AutopruneError, match="--cpus-per-trial 64: the Ray cluster has 2 CPUs"):
         run_study_ray(config, RayOptions(cpus_per_trial=64), progress=False, context=driver)
+
+
+def test_dominated_trials_are_stopped_by_the_tune_scheduler(driver, tmp_path):
+    from autoprune.ray_executor import RayOptions, run_study_ray
+    from tests.test_stopping import seed_strong_trial
+
+    config = load_config(write_config(tmp_path, budget={"trials": 3}, finetune={"epochs": 0.5, "batch_size": 64}, stopping={"rungs": [0.25, 0.5]}))
+    ctx = seed_strong_trial(config)
+    records = run_study_ray(config, RayOptions(max_concurrent=2), progress=False, context=ctx).records()
+    assert [r.state for r in records] == [COMPLETE, STOPPED, STOPPED]
+    assert all(r.finetune_steps == 3 and r.accuracy is not None and r.latency_ms for r in records[1:])
+    reports = [json.loads(line) for line in (tmp_path / "study" / "reports.jsonl").read_text().splitlines()]
+    assert sorted((p["number"], p["rung"], p["step"]) for p in reports) == [(0, 0, 3), (0, 1, 6), (1, 0, 3), (2, 0, 3)]
+    assert all(r.accuracy == p["accuracy"] for r in records[1:] for p in reports if p["number"] == r.number)
+    assert ctx.recipe.steps(len(ctx.task.train)) == 12
+    assert optuna_states(tmp_path / "study") == ["COMPLETE", "PRUNED", "PRUNED"]
+
+
+@pytest.mark.parametrize("name", ["evolution", "nsga2"])
+def test_controller_searcher_in_a_tune_experiment_of_ones_own(driver, tmp_path, name):
+    import ray
+    from ray import tune
+
+    from autoprune.executor import make_controller
+    from autoprune.tune_searcher import ControllerSearcher, trainable
+
+    config = load_config(write_config(tmp_path, controller=name, controller_options=CONTROLLER_OPTIONS[name]))
+    controller = make_controller(config, driver.space, Study(config.study_dir))
+    searcher = ControllerSearcher(controller, max_trials=3)
+    tuner = tune.Tuner(
+        tune.with_parameters(trainable, context=[ray.put(driver)], objectives=controller.objectives),
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, max_concurrent_trials=2),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0),
+    )
+    grid = tuner.fit()
+    assert len(grid) == 3 and not grid.errors
+    assert sorted(r.number for r in searcher.records) == [0, 1, 2]
+    assert all(r.state == COMPLETE and r.controller == name for r in searcher.records)
+    assert {r.metrics["accuracy"] for r in grid} == {r.accuracy for r in searcher.records}
+    if name == "nsga2":  # told: the Optuna study holds the three results
+        assert [t.values[0] for t in controller.study.trials] == [r.accuracy for r in sorted(searcher.records, key=lambda r: r.trial_id)]
 
 
 def search(config: Path, cluster: Cluster, *extra: str) -> list[str]:
