@@ -13,11 +13,14 @@ study config; :func:`training_loss` is what trial and export code call.
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Literal, Optional
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+
+from .placement import model_device
 
 Loss = Callable[[nn.Module, Any], torch.Tensor]
 
@@ -76,6 +79,14 @@ def distillation_loss(task_loss: Loss, teacher: nn.Module, options: Distillation
     return loss
 
 
-def training_loss(task: Any, distill: Optional[Distillation]) -> Loss:
-    """The loss a fine-tune minimises: the task's, with distillation from its dense model if asked."""
-    return task.loss if distill is None else distillation_loss(task.loss, task.model, distill)
+def training_loss(task: Any, distill: Optional[Distillation], device: Optional[torch.device] = None) -> Loss:
+    """The loss a fine-tune minimises: the task's, with distillation from its dense model if asked.
+
+    The teacher runs on ``device`` (a copy of the dense model when that is not where it lives).
+    """
+    if distill is None:
+        return task.loss
+    teacher = task.model
+    if device is not None and model_device(teacher) != device:
+        teacher = copy.deepcopy(teacher).to(device)
+    return distillation_loss(task.loss, teacher, distill)

@@ -35,6 +35,7 @@ from .front import device_front
 from .granularity import sparsity
 from .latency import batched, deployable
 from .metrics import macs, nonzero_params
+from .placement import resolve_device
 from .plan import Plan
 from .study import Study
 from .trial import TrialContext, TrialResult
@@ -185,8 +186,11 @@ class Exporter:
             task = self.ctx.task
             started = time.perf_counter()
             model = prune_for_export(self.ctx, Plan.from_dict(member.plan), self.config.export.iterative, self.config.seed)
-            steps = finetune(model, task.train, self.recipe, training_loss(task, self.recipe.distill), seed=self.config.seed)
+            device = resolve_device(self.recipe.device)
+            model.to(device)
+            steps = finetune(model, task.train, self.recipe, training_loss(task, self.recipe.distill, device), seed=self.config.seed)
             accuracy = float(task.metric(model, task.val))
+            model.cpu()
             self._tuned[member.plan_key] = _Tuned(model, accuracy, steps, time.perf_counter() - started)
         return self._tuned[member.plan_key]
 

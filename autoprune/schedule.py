@@ -18,6 +18,7 @@ from torch import nn
 from .apply import apply_plan
 from .criteria import Calibration
 from .granularity import fold_masks, refresh_masks
+from .placement import resolve_device
 from .plan import Plan, UnitChoice
 from .training import FinetuneRecipe, finetune
 from .units import Unit
@@ -80,10 +81,13 @@ def gradual_prune(ctx: "TrialContext", plan: Plan, schedule: IterativeSchedule, 
     from .distill import training_loss
     from .trial import calibration
 
-    loss = training_loss(ctx.task, schedule.finetune.distill)
+    device = resolve_device(schedule.finetune.device)
+    loss = training_loss(ctx.task, schedule.finetune.distill, device)
 
     def tune(model: nn.Module, step: int) -> None:
+        model.to(device)
         finetune(model, ctx.task.train, schedule.finetune, loss, seed=seed + step)
+        model.cpu()
 
     return iterative_prune(
         ctx.task.model, plan, ctx.units, ctx.task.example_input, schedule.steps, tune, ctx.channel_multiples, calibration(ctx)

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from .errors import AutopruneError, ConfigError
+from .placement import model_device
 from .models import MODELS
 from .registry import Registry
 
@@ -34,7 +35,9 @@ def accuracy(model: nn.Module, data: Dataset, batch_size: int = 512) -> float:
     correct = total = 0
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size)
     with torch.no_grad():
+        device = model_device(model)
         for x, y in loader:
+            x, y = x.to(device), y.to(device)
             correct += (model(x).argmax(1) == y).sum().item()
             total += len(y)
     return correct / max(total, 1)

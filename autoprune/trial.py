@@ -20,6 +20,7 @@ from .criteria import Calibration
 from .distill import training_loss
 from .latency import LatencyEstimator
 from .metrics import macs, nonzero_params
+from .placement import resolve_device
 from .plan import Plan
 from .search_space import UnitSpace
 from .tasks import Task
@@ -114,7 +115,10 @@ def run_trial(ctx: TrialContext, plan: Plan, number: int, monitor: Optional["Tri
         timings["latency_s"] = time.perf_counter() - t
         t = time.perf_counter()
         on_step = monitor.watch(ctx, result) if monitor is not None else None
-        result.finetune_steps = finetune(model, ctx.task.train, ctx.recipe, training_loss(ctx.task, ctx.recipe.distill), seed=ctx.seed + number, on_step=on_step)
+        device = resolve_device(ctx.recipe.device)
+        model.to(device)
+        loss = training_loss(ctx.task, ctx.recipe.distill, device)
+        result.finetune_steps = finetune(model, ctx.task.train, ctx.recipe, loss, seed=ctx.seed + number, on_step=on_step)
         if monitor is not None and monitor.stopped:
             result.state = STOPPED
         timings["finetune_s"] = time.perf_counter() - t
