@@ -18,6 +18,7 @@ from ..errors import ConfigError
 from ..objectives import values
 from ..plan import Plan, UnitChoice
 from ..search_space import UnitSpace
+from ..study import open_optuna_storage
 from ..trial import COMPLETE, STOPPED, TrialResult
 from .base import CONTROLLERS, Controller, Proposal
 from .encoding import warm_start_plans
@@ -82,7 +83,7 @@ class OptunaController(Controller):
             storage = f"sqlite:///{Path(self.study_dir).resolve() / 'optuna.db'}"
         self.study = optuna.create_study(
             study_name=self.study_name,
-            storage=storage,
+            storage=open_optuna_storage(storage) if storage is not None else None,
             directions=[o.direction for o in self.objectives],
             sampler=self.make_sampler(**sampler_options),
             load_if_exists=True,
