@@ -1,5 +1,5 @@
-"""The same study with the local executor and on Ray (1 and 2 trials in flight): wall time,
-trials per hour, and what going through Ray costs per trial.
+"""The same study with the local executor and on Ray Tune (1 and 2 trials in flight): wall
+time, trials per hour, and what going through Ray Tune costs per trial.
 
 Every run evaluates the same plans (the ``random`` controller with one seed proposes them
 whatever the results), from one prebuilt context, in a fresh study directory. Runs are
@@ -125,7 +125,7 @@ def main() -> None:
         pair = df[df["round"] == r].set_index("mode")
         paired.append((pair.loc["rayx1"].executor_s_per_trial - pair.loc["local"].executor_s_per_trial) / pair.loc["local"].trial_s)
     lines = [
-        "# The search on Ray next to the local executor",
+        "# The search on Ray Tune next to the local executor",
         "",
         f"Config `{args.config}` with the `random` controller (the same {args.trials} plans in every run), one prebuilt context,"
         f" {args.repeats} interleaved rounds; medians over rounds. A local Ray cluster of 2 CPUs on this machine, one CPU"
@@ -133,17 +133,18 @@ def main() -> None:
         "",
         summary.to_markdown(index=False, floatfmt=".3f"),
         "",
-        "- `wall_s`: the whole run, including the dense baseline and, on Ray, the workers' first import of torch;"
+        "- `wall_s`: the whole run, including the dense baseline and, on Ray, starting the Tune experiment and the workers' first import of torch;"
         " `first_record_s`: until the first trial was recorded.",
         "- `wall_per_trial_s`, `trials_per_hour`: steady state, first to last record.",
         "- `trial_s`: time inside `run_trial` (prune, latency, fine-tune, evaluation).",
-        "- `context_fetches`: trials that fetched the dense model and data from the object store (once per worker process).",
+        "- `context_fetches`: trials that fetched the dense model and data from the object store (once per worker process;"
+        " Tune reuses a trial's actor for the next trial).",
         "",
         "- `executor_s_per_trial`: the executor's own time per trial (median over trials): the gap between two records"
-        " minus the later trial's `trial_s` (asking and telling the controller, writing the record; on Ray also dispatching"
-        " the task and returning its result). Taken trial by trial, it does not move with the trials' own noise.",
+        " minus the later trial's `trial_s` (asking and telling the controller, writing the record; on Ray also Tune's own"
+        " work: starting the trial on a reused actor, processing and logging its result, saving the experiment state). Taken trial by trial, it does not move with the trials' own noise.",
         "",
-        f"Ray's overhead per trial (1 in flight, `executor_s_per_trial` of Ray minus that of the local executor):"
+        f"Ray Tune's overhead per trial (1 in flight, `executor_s_per_trial` of Ray minus that of the local executor):"
         f" **{overhead_s * 1000:.0f} ms = {overhead:.1%}** of a trial's {local.trial_s:.2f} s"
         f" (goal: at most {GOAL:.0%}; per round: {', '.join(f'{p:.1%}' for p in paired)}).",
         f"One-time costs: building the context {setup_s:.2f} s; starting the local Ray cluster {cluster_s:.1f} s.",
