@@ -1,52 +1,34 @@
-"""Latency-table keys for transformer kernels: attention and FFN blocks at every shape a
-search space can produce, measured in small models of their own.
+"""Latency-table kernels of BERT-style encoders: the embeddings, and an attention and an FFN
+kernel per layer, at every shape a search space can produce.
 
-A BERT-style layer runs as two kernels whose cost depends on what pruning leaves:
+A BERT-style layer runs as two kernels whose cost depends on what pruning leaves, keyed as
+:class:`autoprune.lut.keys.KernelKey` rows of the device's one latency table:
 
 - ``attention``: Q/K/V projections, scaled dot-product attention, output projection, residual
-  add and LayerNorm, keyed by sequence length, hidden size and the number of heads kept
-  (``width = heads x head_dim``);
+  add and LayerNorm; ``cin`` = hidden size, ``h`` = sequence length, ``cout`` = the width
+  kept (``heads x head_dim``), ``groups`` = the heads kept;
 - ``ffn``: the intermediate dense layer, GELU, the output dense layer, residual add and
-  LayerNorm, keyed by sequence length, hidden size and FFN neurons kept.
+  LayerNorm; ``cin`` = hidden size, ``h`` = sequence length, ``cout`` = FFN neurons kept;
+- ``embed``, once per model: token and position embeddings, LayerNorm, and the masked mean
+  pooling of a sentence encoder; ``cin`` = vocabulary size, ``cout`` = hidden size. It is the
+  part no pruning touches.
 
-:func:`space_keys` enumerates the keys a search space can produce (head counts from the head
-units' ratio grids, neuron counts from the FFN units' grids and channel multiples);
-:func:`model_keys` reads the keys of a (pruned) model; :class:`TransformerTable` predicts a
-model's latency as ``fixed + scale x (sum of its kernels)``, both fitted on a few measured
-models (embeddings, masks and pooling are the fixed part; what kernels timed alone miss is
-the scale). A removed layer contributes nothing.
+A removed layer (:class:`autoprune.depth.SkippedBlock`) contributes no kernels. Sparse
+granularities keep these shapes and are looked up as the dense kernels. The device's
+calibration (:class:`autoprune.lut.table.Calibration`) turns the kernel sum into the model's
+latency, as for convolutional networks.
 """
 from __future__ import annotations
 
-import csv
-import tempfile
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Iterable, Mapping, Optional
+from typing import Mapping
 
 import torch
 from torch import nn
 
-from .backends import get_backend
 from .granularity import kept_channels
 from .heads import is_bert_attention
+from .lut.keys import Kernel, KernelKey
 from .search_space import UnitSpace
-
-
-@dataclass(frozen=True, order=True)
-class TransformerKey:
-    """One attention or FFN kernel configuration (batch 1)."""
-
-    op: str
-    seq: int
-    hidden: int
-    width: int
-    heads: int = 0
-
-    @property
-    def id(self) -> str:
-        extra = f"-h{self.heads}" if self.op == "attention" else ""
-        return f"{self.op}-s{self.seq}-d{self.hidden}-w{self.width}{extra}"
 
 
 def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -60,33 +42,63 @@ def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
-def model_keys(model: nn.Module, seq: int) -> list[TransformerKey]:
-    """The kernels a (pruned) BERT-style model runs at sequence length ``seq``, in order."""
-    keys = []
-    for _, layer in _layers(model):  # a removed layer is a SkippedBlock: not listed
+def is_transformer(model: nn.Module) -> bool:
+    """Whether ``model`` holds BERT-style layers (and is keyed by this module's kernels)."""
+    return bool(_layers(model))
+
+
+def _word_embeddings(model: nn.Module) -> nn.Embedding | None:
+    for module in model.modules():
+        words = getattr(module, "word_embeddings", None)
+        if isinstance(words, nn.Embedding):
+            return words
+    return None
+
+
+def sequence_length(example_input: torch.Tensor) -> int:
+    """The sequence length of a ``(batch, seq)`` token-id input."""
+    return int(example_input.shape[1])
+
+
+def attention_key(seq: int, hidden: int, heads: int, head_dim: int) -> KernelKey:
+    return KernelKey("attention", hidden, seq, 1, heads * head_dim, groups=heads)
+
+
+def ffn_key(seq: int, hidden: int, width: int) -> KernelKey:
+    return KernelKey("ffn", hidden, seq, 1, width)
+
+
+def model_kernels(model: nn.Module, example_input: torch.Tensor) -> list[Kernel]:
+    """The kernels a (pruned) BERT-style model runs on ``example_input``'s sequence length, in order."""
+    seq = sequence_length(example_input)
+    kernels: list[Kernel] = []
+    words = _word_embeddings(model)
+    if words is not None:
+        kernels.append(Kernel(KernelKey("embed", words.num_embeddings, seq, 1, words.embedding_dim), None, (-1,)))
+    for name, layer in _layers(model):  # a removed layer is a SkippedBlock: not listed
         attention = layer.attention.self
         hidden = attention.query.in_features
-        heads = attention.num_attention_heads
-        keys.append(TransformerKey("attention", seq, hidden, heads * attention.attention_head_size, heads))
-        keys.append(TransformerKey("ffn", seq, hidden, layer.intermediate.dense.out_features))
-    return keys
+        key = attention_key(seq, hidden, attention.num_attention_heads, attention.attention_head_size)
+        kernels.append(Kernel(key, f"{name}.attention.self", (len(kernels) - 1,)))
+        kernels.append(Kernel(ffn_key(seq, hidden, layer.intermediate.dense.out_features), f"{name}.intermediate.dense", (len(kernels) - 1,)))
+    return kernels
 
 
-def space_keys(model: nn.Module, space: Mapping[str, UnitSpace], seq: int) -> list[TransformerKey]:
-    """Every attention and FFN key some plan of ``space`` produces for the dense ``model``."""
-    keys: set[TransformerKey] = set(model_keys(model, seq))
+def space_keys(model: nn.Module, space: Mapping[str, UnitSpace], example_input: torch.Tensor) -> list[KernelKey]:
+    """Every kernel key some plan of ``space`` produces for the dense ``model``, sorted."""
+    seq = sequence_length(example_input)
+    keys: set[KernelKey] = {k.key for k in model_kernels(model, example_input)}
     for name, layer in _layers(model):
         attention = layer.attention.self
         hidden, size = attention.query.in_features, attention.attention_head_size
         heads_space = space.get(f"{name}.attention.self")
         if heads_space is not None and "head" in heads_space.rule.granularities:
             for ratio in _ratios(heads_space):
-                heads = kept_channels(heads_space.unit.channels, ratio)
-                keys.add(TransformerKey("attention", seq, hidden, heads * size, heads))
+                keys.add(attention_key(seq, hidden, kept_channels(heads_space.unit.channels, ratio), size))
         ffn_space = space.get(f"{name}.intermediate.dense")
         if ffn_space is not None and {"neuron", "channel"} & set(ffn_space.rule.granularities):
             for ratio in _ratios(ffn_space):
-                keys.add(TransformerKey("ffn", seq, hidden, kept_channels(ffn_space.unit.channels, ratio, ffn_space.rule.channel_multiple)))
+                keys.add(ffn_key(seq, hidden, kept_channels(ffn_space.unit.channels, ratio, ffn_space.rule.channel_multiple)))
     return sorted(keys)
 
 
@@ -130,103 +142,33 @@ class FFNKernel(nn.Module):
         return self.norm(self.output(nn.functional.gelu(self.intermediate(x))) + x)
 
 
-def kernel_module(key: TransformerKey) -> tuple[nn.Module, torch.Tensor]:
+class EmbedKernel(nn.Module):
+    """What a sentence encoder runs outside its layers: token + position + type embeddings,
+    LayerNorm, the padding mask, and the masked mean pooling with normalisation."""
+
+    def __init__(self, vocab: int, hidden: int, seq: int) -> None:
+        super().__init__()
+        self.words, self.positions = nn.Embedding(vocab, hidden), nn.Embedding(seq, hidden)
+        self.token_type = nn.Parameter(torch.randn(hidden))
+        self.norm = nn.LayerNorm(hidden)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        mask = (ids != 0).unsqueeze(-1).to(self.token_type.dtype)
+        hidden = self.norm(self.words(ids) + self.positions.weight[: ids.shape[1]] + self.token_type)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return nn.functional.normalize(pooled, dim=-1)
+
+
+def kernel_module(key: KernelKey, batch_size: int = 1) -> tuple[nn.Module, torch.Tensor]:
     """A model running only ``key``'s kernel, and its input."""
     torch.manual_seed(0)
     if key.op == "attention":
-        module: nn.Module = AttentionKernel(key.hidden, key.heads, key.width // key.heads)
+        module: nn.Module = AttentionKernel(key.cin, key.groups, key.cout // key.groups)
     elif key.op == "ffn":
-        module = FFNKernel(key.hidden, key.width)
+        module = FFNKernel(key.cin, key.cout)
+    elif key.op == "embed":
+        ids = torch.randint(1, key.cin, (batch_size, key.h))
+        return EmbedKernel(key.cin, key.cout, key.h).eval(), ids
     else:
-        raise ValueError(f"unknown transformer kernel op {key.op!r}; known: attention, ffn")
-    return module.eval(), torch.randn(1, key.seq, key.hidden)
-
-
-def measure_key(key: TransformerKey, backend_name: str, threads: int = 1, warmup: int = 10, repeats: int = 50) -> float:
-    """Median milliseconds of ``key``'s kernel model on a device backend."""
-    backend = get_backend(backend_name)
-    module, x = kernel_module(key)
-    with tempfile.TemporaryDirectory(prefix="autoprune-kernel-") as tmp:
-        path = backend.export(module, x, Path(tmp) / f"kernel{backend.suffix}")
-        return backend.measure(path, x.numpy(), threads, warmup, repeats).median_ms
-
-
-@dataclass
-class TransformerTable:
-    """Measured kernel latencies of one backend, plus the calibrated fixed part of a model."""
-
-    backend: str
-    latency_ms: dict[TransformerKey, float] = field(default_factory=dict)
-    fixed_ms: float = 0.0
-    scale: float = 1.0
-
-    def measure(self, keys: Iterable[TransformerKey], threads: int = 1, warmup: int = 10, repeats: int = 50) -> None:
-        """Measure the keys the table lacks."""
-        for key in keys:
-            if key not in self.latency_ms:
-                self.latency_ms[key] = measure_key(key, self.backend, threads, warmup, repeats)
-
-    def kernels_ms(self, model: nn.Module, seq: int) -> float:
-        keys = model_keys(model, seq)
-        self.measure(keys)
-        return sum(self.latency_ms[k] for k in keys)
-
-    def calibrate(self, measured: Iterable[tuple[nn.Module, float]], seq: int) -> None:
-        """Fit ``measured ~ fixed + scale x kernels`` on a few (model, measured ms) pairs.
-
-        Kernels timed alone miss what runs between them (embeddings, masks, pooling, layout
-        changes) and how the whole model behaves in cache; one pair sets only ``scale``
-        (the fixed part stays 0), two or more set both by least squares.
-        """
-        pairs = [(self.kernels_ms(model, seq), ms) for model, ms in measured]
-        if not pairs:
-            raise ValueError("calibration needs at least one (model, measured_ms) pair")
-        xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
-        if len(pairs) == 1 or max(xs) - min(xs) < 1e-9:
-            self.fixed_ms, self.scale = 0.0, sum(ys) / sum(xs)
-            return
-        mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
-        scale = sum((x - mean_x) * (y - mean_y) for x, y in pairs) / sum((x - mean_x) ** 2 for x in xs)
-        fixed = mean_y - scale * mean_x
-        if fixed < 0 or scale <= 0:  # no room for a fixed part: a pure scale fits best
-            fixed, scale = 0.0, sum(x * y for x, y in pairs) / sum(x * x for x in xs)
-        self.fixed_ms, self.scale = fixed, scale
-
-    def predict(self, model: nn.Module, seq: int) -> float:
-        """Predicted milliseconds of ``model`` at sequence length ``seq``."""
-        return self.fixed_ms + self.scale * self.kernels_ms(model, seq)
-
-    def save(self, path: Path) -> None:
-        """One CSV row per key (``fixed`` and ``scale`` rows hold the calibration)."""
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, ["op", "seq", "hidden", "width", "heads", "latency_ms"])
-            writer.writeheader()
-            writer.writerow({"op": "fixed", "seq": 0, "hidden": 0, "width": 0, "heads": 0, "latency_ms": self.fixed_ms})
-            writer.writerow({"op": "scale", "seq": 0, "hidden": 0, "width": 0, "heads": 0, "latency_ms": self.scale})
-            for key, ms in sorted(self.latency_ms.items()):
-                writer.writerow({**asdict(key), "latency_ms": ms})
-
-    @classmethod
-    def load(cls, path: Path, backend: str) -> "TransformerTable":
-        table = cls(backend)
-        with open(path) as f:
-            for row in csv.DictReader(f):
-                if row["op"] == "fixed":
-                    table.fixed_ms = float(row["latency_ms"])
-                elif row["op"] == "scale":
-                    table.scale = float(row["latency_ms"])
-                else:
-                    key = TransformerKey(row["op"], int(row["seq"]), int(row["hidden"]), int(row["width"]), int(row["heads"]))
-                    table.latency_ms[key] = float(row["latency_ms"])
-        return table
-
-
-def sequence_length(example_input: torch.Tensor) -> int:
-    """The sequence length of a ``(batch, seq)`` token-id input."""
-    return int(example_input.shape[1])
-
-
-def keys_for(model: nn.Module, space: Optional[Mapping[str, UnitSpace]], example_input: torch.Tensor) -> list[TransformerKey]:
-    """:func:`space_keys` when a space is given, else the dense model's own keys."""
-    seq = sequence_length(example_input)
-    return space_keys(model, space, seq) if space is not None else model_keys(model, seq)
+        raise ValueError(f"kernel {key.id}: not a transformer kernel op; known: attention, ffn, embed")
+    return module.eval(), torch.randn(batch_size, key.h, key.cin)

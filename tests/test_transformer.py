@@ -148,11 +148,17 @@ def test_minilm_task_scores_pruned_encoders_by_embedding_cosine(minilm_task):
     assert task.metric(pruned, task.val) > before
 
 
-def test_transformer_kernel_keys_cover_the_space_and_predict_pruned_models(tiny_bert, tmp_path):
+def test_transformer_kernel_keys_cover_the_space_and_the_table_predicts_pruned_models(tiny_bert, tmp_path):
+    from autoprune.devices import load_device
+    from autoprune.latency import estimator_for
+    from autoprune.lut import LUTEstimator, extract_kernels, load_table, profile
+    from autoprune.lut.enumeration import enumerate_keys
     from autoprune.search_space import SearchSpace
-    from autoprune.transformer_kernels import TransformerKey, TransformerTable, kernel_module, model_keys, space_keys
+    from autoprune.transformer_kernels import kernel_module
 
-    units = search_units(tiny_bert, IDS, ())
+    from .test_lut import make_device
+
+    units = {u.name: u for u in search_units(tiny_bert, IDS, ())}
     space = SearchSpace.model_validate(
         {
             "rules": [
@@ -162,30 +168,29 @@ def test_transformer_kernel_keys_cover_the_space_and_predict_pruned_models(tiny_
             ],
             "protect": [],
         }
-    ).resolve(units)
-    keys = space_keys(tiny_bert, space, IDS.shape[1])
-    assert {k.heads for k in keys if k.op == "attention"} == {1, 2, 3, 4}
-    assert {k.width for k in keys if k.op == "ffn"} == {64, 96, 128}
-    by_name = {u.name: u for u in units}
-    plan = Plan.from_dict(
-        {"bert.encoder.layer": UnitChoice("layer", 0.34), "bert.encoder.layer.0.attention.self": UnitChoice("head", 0.5), "bert.encoder.layer.1.intermediate.dense": UnitChoice("neuron", 0.25)}
-    )
-    pruned = apply_plan(tiny_bert, plan, by_name, IDS)
-    pruned_keys = model_keys(pruned, IDS.shape[1])
-    assert len(pruned_keys) == 4 and set(pruned_keys) <= set(keys)  # one layer gone; every kernel was enumerated
+    ).resolve(list(units.values()))
+    keys = enumerate_keys(tiny_bert, IDS, units, space)
+    assert {k.groups for k in keys if k.op == "attention"} == {1, 2, 3, 4}
+    assert {k.cout for k in keys if k.op == "ffn"} == {64, 96, 128}
+    assert [k.id for k in keys if k.op == "embed"] == ["embed:120x12x1>64"]
     for key in keys:
         module, x = kernel_module(key)
-        assert module(x).shape == x.shape
-    table = TransformerTable("onnxruntime-cpu")
-    table.measure(keys[:2] + pruned_keys, warmup=2, repeats=5)
-    seq = IDS.shape[1]
-    dense_kernels, pruned_kernels = table.kernels_ms(tiny_bert, seq), sum(table.latency_ms[k] for k in pruned_keys)
-    assert table.kernels_ms(pruned, seq) == pytest.approx(pruned_kernels) and pruned_kernels < dense_kernels
-    table.calibrate([(tiny_bert, 2 * dense_kernels)], seq)  # one pair: a pure scale
-    assert table.fixed_ms == 0 and table.predict(pruned, seq) == pytest.approx(2 * pruned_kernels)
-    table.calibrate([(tiny_bert, 0.5 + 1.5 * dense_kernels), (pruned, 0.5 + 1.5 * pruned_kernels)], seq)
-    assert table.fixed_ms == pytest.approx(0.5) and table.scale == pytest.approx(1.5)
-    table.save(tmp_path / "table.csv")
-    loaded = TransformerTable.load(tmp_path / "table.csv", "onnxruntime-cpu")
-    assert loaded.latency_ms == table.latency_ms and (loaded.fixed_ms, loaded.scale) == pytest.approx((table.fixed_ms, table.scale))
-    assert isinstance(next(iter(loaded.latency_ms)), TransformerKey)
+        assert module(x).shape == ((1, 64) if key.op == "embed" else x.shape)
+    make_device(tmp_path)
+    device = load_device("onnxruntime-cpu", tmp_path)
+    report = profile(device, tiny_bert, IDS, units, space, calibration=4, rounds=1)
+    assert report.keys == len(keys) == len(load_table(device))  # calibration met no key beyond the enumeration
+    estimator = estimator_for(device, "lut")
+    assert isinstance(estimator, LUTEstimator)
+    estimator.measure_missing = False  # a key the enumeration missed would raise
+
+    def pruned(choices):
+        return apply_plan(tiny_bert, Plan.from_dict(choices), units, IDS)
+
+    heads = pruned({f"bert.encoder.layer.{i}.attention.self": UnitChoice("head", 0.75) for i in range(3)})
+    shallow = pruned({"bert.encoder.layer": UnitChoice("layer", 0.34)})
+    assert [k.key.op for k in extract_kernels(shallow, IDS)] == ["embed", "attention", "ffn", "attention", "ffn"]
+    assert {k.key.groups for k in extract_kernels(heads, IDS) if k.key.op == "attention"} == {1}
+    dense_ms = estimator.latency_ms(tiny_bert, IDS)
+    assert 0 < estimator.latency_ms(heads, IDS) < dense_ms and 0 < estimator.latency_ms(shallow, IDS) < dense_ms
+    assert estimator.measured_on_demand == 0

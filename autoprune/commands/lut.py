@@ -41,7 +41,7 @@ def run_validate(args: argparse.Namespace) -> int:
         device = load_device(name)
         result = validate(
             device, target.task.model, target.task.example_input, target.units, target.space,
-            n=args.n, seed=args.seed, rounds=args.rounds, measurer=measurer, progress=lambda msg: print(f"  {msg}", flush=True),
+            n=args.n, seed=args.seed, rounds=args.rounds, measurer=measurer, progress=lambda msg: print(f"  {msg}", flush=True), data=target.data,
         )
         result.info.update({"task": target.task.name, "space": target.space_path})
         out = Path(args.out) / name if args.out and len(devices) > 1 else Path(args.out) if args.out else device.path / "validation"

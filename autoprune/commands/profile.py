@@ -66,6 +66,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_target_arguments(p)
     p.add_argument("--calibration", type=int, default=12, help="whole models measured to calibrate the kernel sum (default 12)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds per kernel (default 3)")
+    p.add_argument(
+        "--sparse-keys", choices=["dense", "measured"],
+        help="a new table keys layers with zeroed weights as their dense kernel (dense, the default: these runtimes run them "
+        "with dense kernels) or measures them under keys of their own (measured: to show whether sparsity pays off)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--bundle", metavar="DIR", help="phones: write the models to time, a manifest and a script running TFLite's benchmark_model over adb, instead of timing here")
     p.add_argument("--import", dest="import_results", metavar="RESULTS", help="phones: fill the table from the benchmark_model output the --bundle script wrote (its results folder, or a log)")
@@ -110,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         report = profile(
             device, target.task.model, target.task.example_input, target.units, target.space,
             calibration=args.calibration, rounds=args.rounds, measurer=measurer, progress=progress,
+            data=target.data, sparse_keys=args.sparse_keys,
         )
         cal = report.calibration
         print(report.summary())

@@ -40,8 +40,9 @@ class UnitOption:
     ratio: float = 0.0
 
 
-def unit_options(space: UnitSpace) -> list[UnitOption]:
-    """The distinct states the unit's rule allows."""
+def unit_options(space: UnitSpace, sparse_keys: bool = True) -> list[UnitOption]:
+    """The distinct states the unit's rule allows (sparse ones only with ``sparse_keys``:
+    a table keying sparse layers as dense ones needs only their channel counts)."""
     rule, channels = space.rule, space.unit.channels
     ratios = rule.pruning_ratio.grid() if rule.pruning_ratio.step is not None else None
     options: set[UnitOption] = {UnitOption(channels)}
@@ -58,7 +59,7 @@ def unit_options(space: UnitSpace) -> list[UnitOption]:
             else:
                 counts = {kept_channels(channels, r, rule.channel_multiple) for r in ratios}
             options |= {UnitOption(c) for c in counts}
-        elif name != "none":
+        elif name != "none" and sparse_keys:
             grid = ratios if ratios is not None else _continuous_grid(rule.pruning_ratio.low, rule.pruning_ratio.high)
             options |= {UnitOption(channels, name, r) for r in grid if r > 0}
     return sorted(options, key=lambda o: (o.channels, o.granularity, o.ratio))
@@ -122,10 +123,20 @@ def kernel_dependence(
 
 
 def enumerate_keys(
-    model: nn.Module, example_input: torch.Tensor, units: Mapping[str, Unit], space: Mapping[str, UnitSpace]
+    model: nn.Module, example_input: torch.Tensor, units: Mapping[str, Unit], space: Mapping[str, UnitSpace], sparse_keys: bool = True
 ) -> list[KernelKey]:
-    """Every distinct kernel key that some plan of ``space`` produces for ``model``, sorted."""
-    options = {name: unit_options(us) for name, us in space.items()}
+    """Every distinct kernel key that some plan of ``space`` produces for ``model``, sorted.
+
+    Removing residual blocks or transformer layers removes kernels and makes no new keys;
+    sparse granularities make keys of their own only with ``sparse_keys`` (else their
+    layers are looked up as the dense kernels enumerated here). A BERT-style encoder's
+    keys are its attention and FFN kernels (:func:`autoprune.transformer_kernels.space_keys`).
+    """
+    from ..transformer_kernels import is_transformer, space_keys
+
+    if is_transformer(model):
+        return space_keys(model, space, example_input)
+    options = {name: unit_options(us, sparse_keys) for name, us in space.items()}
     keys: set[KernelKey] = set()
     for dep in kernel_dependence(model, example_input, units, space):
         base = dep.kernel.key

@@ -1,8 +1,10 @@
 """Predict a model's latency on a device from its latency table.
 
-The model's kernels are read off its graph (:func:`.keys.extract_kernels`), looked up in
-the table and summed; the device's calibration for that architecture turns the sum into
-end-to-end milliseconds. A key the table lacks is measured on the spot when the device is
+The model's kernels are read off its graph (:func:`.keys.extract_kernels`; attention and
+FFN kernels for BERT-style encoders), looked up in the table (sparse layers as their dense
+kernel unless the table measures sparse keys) and summed; the device's calibration for that
+architecture, or for its family when the architecture was calibrated on too few models
+(variants with removed blocks or layers), turns the sum into end-to-end milliseconds. A key the table lacks is measured on the spot when the device is
 this machine (and added to the table); on any other device it is an error naming the key.
 """
 from __future__ import annotations
@@ -35,7 +37,7 @@ class LUTEstimator(LatencyEstimator):
 
     def kernels(self, model: nn.Module, example_input: torch.Tensor) -> list[Kernel]:
         """The model's kernels, every one of them in the table (measuring or raising as needed)."""
-        kernels = extract_kernels(model, example_input[:1])
+        kernels = self.table.lookup(extract_kernels(model, example_input[:1]))
         missing = list(dict.fromkeys(k.key for k in kernels if k.key not in self.table))
         if missing:
             if not self.measure_missing:
@@ -55,7 +57,7 @@ class LUTEstimator(LatencyEstimator):
         signature, family = architecture(kernels, model, example_input[:1])
         if signature not in self._calibrations:
             cal = self.table.calibration_for(signature, family)
-            if not cal.source.startswith("model"):
+            if not cal.source.startswith(("model", "family")):
                 warnings.warn(
                     f"device {self.device.name!r}: no end-to-end calibration for {signature} in {self.table.meta_path}; "
                     f"using the {cal.source} calibration. Run `autoprune profile` for this model to calibrate it.",

@@ -23,6 +23,9 @@ from .keys import KernelKey
 
 #: Device backend -> activation layout its kernel models use at their interface.
 CHANNELS_LAST_BACKENDS = {"tflite"}
+#: Transformer kernel ops: their models take ``(batch, seq, hidden)`` tensors, or token ids
+#: for ``embed``, and are built by :func:`autoprune.transformer_kernels.kernel_module`.
+SEQUENCE_OPS = ("embed", "attention", "ffn")
 
 KernelBuilder = Callable[[KernelKey], nn.Module]
 #: Kernel op name -> function building a module that runs that kernel alone.
@@ -159,6 +162,13 @@ class ChannelsLast(nn.Module):
 
 def kernel_model(key: KernelKey, backend: str, batch_size: int = 1) -> tuple[nn.Module, torch.Tensor]:
     """A model running ``key`` alone on ``backend`` and an input for it (eval mode, no grad)."""
+    if key.op in SEQUENCE_OPS:
+        from ..transformer_kernels import kernel_module
+
+        module, x = kernel_module(key, batch_size)
+        for p in module.parameters():
+            p.requires_grad_(False)
+        return module, x
     if key.op not in KERNEL_BUILDERS:
         raise AutopruneError(f"kernel {key.id}: no kernel model for op {key.op!r}; known: {', '.join(KERNEL_BUILDERS.names())}")
     torch.manual_seed(0)

@@ -11,7 +11,9 @@ are grouped into kernels:
 * ``linear``: a linear layer and its activation;
 * ``add``: an element-wise add of two tensors and its activation;
 * ``gpool`` (global average pool), ``pool`` (max/avg pool), ``reshape`` (flatten, view),
-  ``concat``, ``bn`` and ``act`` when they stand alone.
+  ``concat``, ``bn`` and ``act`` when they stand alone;
+* ``embed``, ``attention`` and ``ffn`` for BERT-style encoders, which are not traced but read
+  layer by layer (:mod:`autoprune.transformer_kernels`).
 
 A key holds the input shape (channels, height, width), output channels, kernel, stride,
 padding, groups, fused activation, and the weights' sparsity bucket and pattern
@@ -80,6 +82,8 @@ class KernelKey:
         text = f"{self.op}:{self.cin}x{self.h}x{self.w}>{self.cout}"
         if self.kernel:
             text += f":k{self.kernel}s{self.stride}p{self.padding}g{self.groups}"
+        if self.op == "attention":
+            text += f":heads{self.groups}"
         if self.act != "none":
             text += f":{self.act}"
         if self.sparsity or self.pattern:
@@ -135,6 +139,10 @@ def weight_bytes(key: KernelKey, itemsize: int = 4) -> int:
         return itemsize * (key.cout * (key.cin // max(key.groups, 1)) * key.kernel * key.kernel + key.cout)
     if key.op == "linear":
         return itemsize * (key.cout * key.cin + key.cout)
+    if key.op == "attention":  # Q, K, V (hidden -> width) and the output projection (width -> hidden)
+        return itemsize * (4 * key.cin * key.cout + 3 * key.cout + key.cin)
+    if key.op == "ffn":  # hidden -> width -> hidden
+        return itemsize * (2 * key.cin * key.cout + key.cout + key.cin)
     return 0
 
 
@@ -207,8 +215,14 @@ def trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
 def extract_kernels(model: nn.Module, example_input: torch.Tensor) -> list[Kernel]:
     """The kernels a runtime executes for ``model``, in execution order.
 
-    ``example_input`` has batch size one; shapes in keys leave the batch out.
+    ``example_input`` has batch size one; shapes in keys leave the batch out. A BERT-style
+    encoder's kernels are its embeddings and each layer's attention and FFN
+    (:func:`autoprune.transformer_kernels.model_kernels`).
     """
+    from ..transformer_kernels import is_transformer, model_kernels
+
+    if is_transformer(model):
+        return model_kernels(model, example_input)
     was_training = model.training
     model.eval()
     try:

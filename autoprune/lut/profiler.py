@@ -11,7 +11,7 @@ that stop fitting in cache.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -20,6 +20,8 @@ from torch import nn
 
 from ..apply import apply_plan
 from ..backends import LatencyStats, get_backend
+from ..criteria import GRADIENT_CRITERIA, Calibration as CriterionData
+from ..errors import ConfigError
 from ..devices import DeviceProfile
 from ..latency import batched, deployable
 from ..plan import Plan
@@ -27,7 +29,7 @@ from ..search_space import UnitSpace
 from ..tasks import Task
 from ..units import Unit
 from .enumeration import enumerate_keys
-from .kernels import CHANNELS_LAST_BACKENDS, kernel_model
+from .kernels import CHANNELS_LAST_BACKENDS, SEQUENCE_OPS, kernel_model
 from .keys import KernelKey, architecture, extract_kernels, weight_mb
 from .measure import FileMeasurer, Write, measure_files, measure_models, model_writer
 from .tflite_kernels import TFLiteKernelWriter
@@ -61,13 +63,23 @@ class ProfileReport:
         )
 
 
-def open_table(device: DeviceProfile, remote: bool = False) -> LatencyTable:
-    """The device's table, or a new empty one in its profile folder."""
+def open_table(device: DeviceProfile, remote: bool = False, sparse_keys: Optional[str] = None) -> LatencyTable:
+    """The device's table, or a new empty one in its profile folder.
+
+    ``sparse_keys`` (``dense`` or ``measured``) sets how a new table keys sparse layers; for an
+    existing table it must agree with the table's setting.
+    """
     if has_table(device):
-        return load_table(device)
+        table = load_table(device)
+        if sparse_keys is not None and sparse_keys != table.meta.sparse_keys:
+            raise ConfigError(
+                f"{table.meta_path}: sparse_keys: the table keys sparse layers as {table.meta.sparse_keys!r}, "
+                f"not {sparse_keys!r}; profile into a new device folder to change it"
+            )
+        return table
     framing = "nhwc" if device.backend in CHANNELS_LAST_BACKENDS else "nchw"
     context = "onnxruntime-nchwc" if device.backend == "onnxruntime-cpu" and device.local and not remote else "sum"
-    return LatencyTable.new(device, device.path, installed_versions(device.backend) if not remote else {}, framing, context)
+    return LatencyTable.new(device, device.path, installed_versions(device.backend) if not remote else {}, framing, context, sparse_keys)
 
 
 _TFLITE_WRITERS: dict[int, TFLiteKernelWriter] = {}
@@ -76,10 +88,11 @@ _TFLITE_WRITERS: dict[int, TFLiteKernelWriter] = {}
 def kernel_writes(device: DeviceProfile, keys: Sequence[KernelKey]) -> list[Write]:
     """How to write each key's kernel model: from templates for LiteRT, by export otherwise."""
     backend = get_backend(device.backend)
+    exported = [model_writer(backend, lambda k=k: kernel_model(k, device.backend, device.batch_size)) for k in keys]
     if device.backend == "tflite":
         writer = _TFLITE_WRITERS.setdefault(device.batch_size, TFLiteKernelWriter(backend, device.batch_size))
-        return [lambda path, k=k: writer.write(k, path) for k in keys]
-    return [model_writer(backend, lambda k=k: kernel_model(k, device.backend, device.batch_size)) for k in keys]
+        return [w if k.op in SEQUENCE_OPS else (lambda path, k=k: writer.write(k, path)) for k, w in zip(keys, exported)]
+    return exported
 
 
 def measure_keys(
@@ -111,6 +124,12 @@ def calibration_plans(space: Mapping[str, UnitSpace], n: int, seed: int = 0) -> 
     return [(f"random-{i}", random_plan(space, rng)) for i in range(n)]
 
 
+def without_gradients(plan: Plan) -> Plan:
+    """``plan`` with criteria that need gradients replaced by ``l1``: for latency only, when no
+    training data is at hand (which channels go changes little of how long the model takes)."""
+    return Plan.from_dict({name: replace(c, criterion="l1") if c.criterion in GRADIENT_CRITERIA else c for name, c in plan})
+
+
 def profile(
     device: DeviceProfile,
     model: nn.Module,
@@ -123,15 +142,20 @@ def profile(
     seed: int = 0,
     measurer: Optional[FileMeasurer] = None,
     progress: Optional[Callable[[int, int], None]] = None,
+    data: Optional[CriterionData] = None,
+    sparse_keys: Optional[str] = None,
 ) -> ProfileReport:
     """Fill ``device``'s table with every kernel ``space`` can produce for ``model`` and
     calibrate the model's end-to-end latency from ``calibration`` whole-model measurements.
 
     ``progress(done, total)`` is called after each chunk of kernels. Keys already in the
-    table are not measured again, nor is a model whose calibration points exist.
+    table are not measured again, nor is a model family whose calibration points exist.
+    ``data`` (training batches and loss) lets calibration plans use gradient criteria such
+    as ``taylor``; without it they rank by ``l1``. ``sparse_keys`` is the setting of a new
+    table (see :class:`.table.TableMeta`).
     """
     start = time.perf_counter()
-    table = open_table(device, remote=measurer is not None)
+    table = open_table(device, remote=measurer is not None, sparse_keys=sparse_keys)
     if measurer is not None:
         table.meta.notes = table.meta.notes or "measured through a remote measurer"
         describe = getattr(measurer, "describe", None)
@@ -140,7 +164,7 @@ def profile(
     if not table.meta.overhead_ms:
         table.meta.overhead_ms = measure_files(device, kernel_writes(device, [EMPTY_KERNEL]), rounds=rounds, measurer=measurer)[0].median_ms
         table.save_meta()
-    keys = enumerate_keys(model, example_input, units, space)
+    keys = enumerate_keys(model, example_input, units, space, sparse_keys=table.meta.sparse_keys == "measured")
     todo = [k for k in keys if k not in table]
     reused = len(keys) - len(todo)
     if progress:
@@ -152,19 +176,21 @@ def profile(
             progress(min(i + chunk, len(todo)), len(todo))
     kernel_s = time.perf_counter() - start
     signature, family = architecture(extract_kernels(model, example_input), model, example_input)
-    have = [p for p in table.meta.calibration if p.model == signature]
+    have = [p for p in table.meta.calibration if p.family == family]
     t = time.perf_counter()
     if len(have) < calibration:
         multiples = {name: us.rule.channel_multiple for name, us in space.items()}
         plans = calibration_plans(space, calibration, seed)[len(have) :]
-        table.meta.calibration.extend(calibrate(device, table, model, example_input, units, plans, multiples, rounds, measurer))
+        if data is None:
+            plans = [(label, without_gradients(plan)) for label, plan in plans]
+        table.meta.calibration.extend(calibrate(device, table, model, example_input, units, plans, multiples, rounds, measurer, data))
         table.save_meta()
     calibration_s = time.perf_counter() - t
     return ProfileReport(
         device=device.name, model=signature, keys=len(keys), measured=len(todo), reused=reused,
         wall_s=time.perf_counter() - start, kernel_s=kernel_s, calibration_s=calibration_s,
         calibration=table.calibration_for(signature, family),
-        calibration_points=len([p for p in table.meta.calibration if p.model == signature]), table=str(table.table_path),
+        calibration_points=len([p for p in table.meta.calibration if p.family == family]), table=str(table.table_path),
     )
 
 
@@ -178,14 +204,15 @@ def calibrate(
     channel_multiples: Mapping[str, int],
     rounds: int = 3,
     measurer: Optional[FileMeasurer] = None,
+    data: Optional[CriterionData] = None,
 ) -> list[CalibrationPoint]:
     """Measure each plan's model end to end and pair it with its kernel sum from the table."""
-    pruned = [deployable(apply_plan(model, plan, units, example_input, channel_multiples), example_input) for _, plan in plans]
+    pruned = [deployable(apply_plan(model, plan, units, example_input, channel_multiples, calibration=data), example_input) for _, plan in plans]
     x = batched(example_input, device.batch_size)
     stats = measure_models(device, [lambda m=m: (m, x) for m in pruned], rounds=rounds, measurer=measurer)
     points = []
     for (label, _), m, s in zip(plans, pruned, stats):
-        kernels = extract_kernels(m, example_input)
+        kernels = table.lookup(extract_kernels(m, example_input))
         missing = list(dict.fromkeys(k.key for k in kernels if k.key not in table))
         if missing:
             table.append(measure_keys(device, missing, table, rounds, measurer))
@@ -206,15 +233,20 @@ class Target:
     space: dict[str, UnitSpace]
     space_path: str
 
+    @property
+    def data(self) -> CriterionData:
+        """The task's training batches and loss, for gradient criteria."""
+        return CriterionData(self.task.train, self.task.loss)
+
 
 def bind_task(task: str, space_path: str, task_options: Optional[Mapping[str, Any]] = None) -> Target:
     """Load ``task`` (trained, from the cache when it is) and bind the search space to its units."""
     from ..search_space import SearchSpace
+    from ..structure import search_units
     from ..tasks import load_task
-    from ..units import prunable_units
 
     loaded = load_task(task, **dict(task_options or {}))
     space = SearchSpace.load(space_path)
-    units = prunable_units(loaded.model, loaded.example_input, space.protect)
+    units = search_units(loaded.model, loaded.example_input, space.protect)
     bound = space.resolve(units)
     return Target(loaded, {u.name: u for u in units if u.name in bound}, bound, str(space_path))

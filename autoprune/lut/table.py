@@ -17,7 +17,7 @@ import csv
 import os
 import platform
 import warnings
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -42,6 +42,15 @@ CONTEXT_COLUMNS = ["layout_in", "layout_out", "reorder_in_ms", "reorder_out_ms"]
 COLUMNS = ["key", *KEY_COLUMNS, *STAT_COLUMNS, *CONTEXT_COLUMNS]
 #: How kernel rows add up to a network: a plain sum, or ONNX Runtime's NCHWc layouts.
 CONTEXTS = ("sum", "onnxruntime-nchwc")
+#: How weights with zeros are keyed: as their dense kernel, or under sparse keys measured on their own.
+SPARSE_KEYS = ("dense", "measured")
+#: Backends known to run zero-laden weights (stored dense) faster than dense ones. None of the
+#: runtimes here does: ONNX Runtime and LiteRT run them with their dense kernels (XNNPACK's
+#: sparse path needs sparse-encoded 1x1 convolutions and is off on x86 with AVX), so their
+#: tables key sparse layers as dense ones unless profiled with ``sparse_keys="measured"``.
+SPARSE_KERNEL_BACKENDS: frozenset[str] = frozenset()
+#: A model's own calibration is used from this many points on; below, its family's (when larger).
+MIN_MODEL_POINTS = 5
 
 
 class LatencyTableWarning(UserWarning):
@@ -137,6 +146,9 @@ class TableMeta(BaseModel):
     overhead_ms: float = Field(0.0, description="latency of an empty call on the runtime, subtracted per kernel")
     framing: str = Field("nchw", description="activation layout at the kernel models' interface")
     context: str = Field("sum", description="how rows add up to a network: sum, or onnxruntime-nchwc (layouts and reorders)")
+    sparse_keys: str = Field(
+        "dense", description="weights with zeros looked up as the dense kernel (dense), or under sparse keys of their own (measured)"
+    )
     calibration: list[CalibrationPoint] = Field(default_factory=list)
     notes: str = ""
 
@@ -205,15 +217,29 @@ class LatencyTable:
         return [KernelKey.from_dict(r) for r in self.rows.values()]
 
     @classmethod
-    def new(cls, device: DeviceProfile, folder: Path, versions: dict[str, str], framing: str, context: str = "sum") -> "LatencyTable":
+    def new(
+        cls, device: DeviceProfile, folder: Path, versions: dict[str, str], framing: str, context: str = "sum", sparse_keys: Optional[str] = None
+    ) -> "LatencyTable":
+        """An empty table; ``sparse_keys`` defaults to ``measured`` only for backends in :data:`SPARSE_KERNEL_BACKENDS`."""
         from .. import __version__
 
+        if sparse_keys is None:
+            sparse_keys = "measured" if device.backend in SPARSE_KERNEL_BACKENDS else "dense"
+        if sparse_keys not in SPARSE_KEYS:
+            raise ConfigError(f"sparse_keys must be one of {', '.join(SPARSE_KEYS)}, got {sparse_keys!r}")
         meta = TableMeta(
             device=device.name, backend=device.backend, threads=device.threads, batch_size=device.batch_size,
             dtype=device.dtype, versions=versions, machine=machine_info(), autoprune=__version__,
-            created=now(), updated=now(), framing=framing, context=context,
+            created=now(), updated=now(), framing=framing, context=context, sparse_keys=sparse_keys,
         )
         return cls(folder, meta)
+
+    def lookup(self, kernels: list[Kernel]) -> list[Kernel]:
+        """``kernels`` keyed as this table keys them: sparse layers as their dense kernel
+        unless the table measures sparse keys (``sparse_keys``)."""
+        if self.meta.sparse_keys == "measured":
+            return kernels
+        return [replace(k, key=k.key.dense()) if k.key.sparsity or k.key.pattern else k for k in kernels]
 
     def add(self, key: KernelKey, stats: LatencyStats, extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         """Record a measurement in memory (see :meth:`append` to persist it)."""
@@ -262,12 +288,17 @@ class LatencyTable:
         self.save_meta()
 
     def calibration_for(self, model: str, family: str) -> Calibration:
-        """The calibration of this architecture, else of its family, else over every point."""
-        for source, points in (
-            (f"model {model}", [p for p in self.meta.calibration if p.model == model]),
-            (f"family {family}", [p for p in self.meta.calibration if p.family == family]),
-            ("all calibrated models", list(self.meta.calibration)),
-        ):
+        """The calibration of this architecture, else of its family, else over every point.
+
+        An architecture with fewer than :data:`MIN_MODEL_POINTS` points of its own takes its
+        family's calibration when the family has more: variants of other depths (removed
+        blocks or layers) share the family's fit, which then covers every kernel count.
+        """
+        own = [p for p in self.meta.calibration if p.model == model]
+        kin = [p for p in self.meta.calibration if p.family == family]
+        if own and (len(own) >= MIN_MODEL_POINTS or len(kin) <= len(own)):
+            return fit_calibration(own, self.meta.overhead_ms, f"model {model}")
+        for source, points in ((f"family {family}", kin), ("all calibrated models", list(self.meta.calibration))):
             if points:
                 return fit_calibration(points, self.meta.overhead_ms, source)
         return fit_calibration([], self.meta.overhead_ms, "default")

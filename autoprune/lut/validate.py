@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..apply import apply_plan
+from ..criteria import Calibration as CriterionData
 from ..devices import DeviceProfile
 from ..latency import batched, deployable
 from ..search_space import UnitSpace
@@ -117,19 +118,28 @@ def validate(
     estimator: Optional[LUTEstimator] = None,
     measurer: Optional[FileMeasurer] = None,
     progress: Optional[Callable[[str], None]] = None,
+    data: Optional[CriterionData] = None,
 ) -> Validation:
-    """Draw ``n`` random plans, predict each from the table and measure it twice on the device."""
+    """Draw ``n`` random plans, predict each from the table and measure it twice on the device.
+
+    ``data`` (training batches and loss) serves gradient criteria such as ``taylor``; without
+    it such plans rank by ``l1``.
+    """
     from ..controllers import random_plan
 
     estimator = estimator or LUTEstimator(device)
     rng = np.random.default_rng(seed)
     multiples = {name: us.rule.channel_multiple for name, us in space.items()}
     plans = [random_plan(space, rng) for _ in range(n)]
+    if data is None:
+        from .profiler import without_gradients
+
+        plans = [without_gradients(p) for p in plans]
     say = progress or (lambda _msg: None)
     say(f"pruning and predicting {n} candidates")
     models, predicted = [], []
     for plan in plans:
-        pruned = apply_plan(model, plan, units, example_input, multiples)
+        pruned = apply_plan(model, plan, units, example_input, multiples, calibration=data)
         predicted.append(estimator.latency_ms(pruned, example_input))
         models.append(deployable(pruned, example_input))
     x = batched(example_input, device.batch_size)
