@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from .config import Config
 from .context import build_context, dense_baseline
 from .controllers import CONTROLLERS, Controller
+from .cost_model import CostModelFn, cost_model_for
 from .front import device_front
 from .objectives import build_objectives
 from .search_space import UnitSpace
@@ -23,17 +24,32 @@ from .study import Study
 from .trial import COMPLETE, FAILED, STOPPED, TrialContext, TrialResult, run_trial
 
 
-def make_controller(config: Config, space: dict[str, UnitSpace], study: Study) -> Controller:
-    """The config's controller, bound to the study's storage and objectives."""
+def make_controller(
+    config: Config,
+    space: dict[str, UnitSpace],
+    study: Study,
+    context: Optional[TrialContext] = None,
+    cost_model: Optional[CostModelFn] = None,
+) -> Controller:
+    """The config's controller, bound to the study's storage and objectives.
+
+    With a trial ``context`` the controller also gets a cost model of it (predicted
+    latency per lookup-table device, params, MACs; see :mod:`autoprune.cost_model`),
+    unless ``cost_model`` is given.
+    """
     options = dict(config.controller_options)
     if config.storage is not None:
         options.setdefault("storage", config.storage)
+    objectives = build_objectives(config.objectives, config.devices)
+    if cost_model is None and context is not None:
+        cost_model = cost_model_for(context, objectives)
     return CONTROLLERS.get(config.controller)(
         space,
-        build_objectives(config.objectives, config.devices),
+        objectives,
         seed=config.seed,
         study_dir=study.path,
         study_name=config.name,
+        cost_model=cost_model,
         **options,
     )
 
@@ -56,7 +72,7 @@ def run_study(
     if study.baseline() is None:
         study.save_baseline(dense_baseline(ctx))
     records = study.records()
-    controller = make_controller(config, ctx.space, study)
+    controller = make_controller(config, ctx.space, study, ctx)
     controller.resume(records)
     evaluated = {r.plan_key: r for r in records if r.state == COMPLETE}
     rule = DominanceRule(config.stopping, load_reports(study.path, records)) if config.stopping else None

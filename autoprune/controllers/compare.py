@@ -24,7 +24,9 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from ..config import Config
+from ..cost_model import CostModelFn, cost_model_for
 from ..errors import ConfigError
+from ..objectives import build_objectives
 from ..pareto import hypervolume_2d, pareto_mask
 from ..plan import Plan
 from ..study import Study
@@ -153,8 +155,12 @@ def run_controller(
     cache: EvaluationCache,
     options: Optional[dict[str, Any]] = None,
     on_trial: Optional[Callable[[TrialResult], None]] = None,
+    cost_model: Optional[CostModelFn] = None,
 ) -> list[TrialResult]:
     """Run (or resume) one controller's study to ``budget`` trials; returns its records.
+
+    The controller gets ``cost_model``, or one built from ``ctx`` as the executors do
+    (share one across runs so its predictions are made once).
 
     Each record's ``timings`` holds ``controller_s`` (time in ask/tell/resume) and, the
     first time the study meets a plan, that plan's evaluation times; ``cached`` marks
@@ -177,7 +183,7 @@ def run_controller(
         study.save_baseline(baseline)
     records = study.records()
     start = time.perf_counter()
-    agent = make_controller(run_config, ctx.space, study)
+    agent = make_controller(run_config, ctx.space, study, ctx, cost_model)
     agent.resume(records)
     resume_s = time.perf_counter() - start
     seen = {r.plan_key for r in records}
@@ -297,13 +303,15 @@ def compare_controllers(
         work_dir.mkdir(parents=True, exist_ok=True)
         baseline_file.write_text(json.dumps(baseline, indent=2))
     cache = EvaluationCache(work_dir / "evaluations.jsonl")
+    cost_model = cost_model_for(ctx, build_objectives(config.objectives, config.devices))
     comparison = Comparison(config, baseline, device, method, reference, tuple(float(s) for s in speedups))
     comparison.options = {c: dict(options.get(c) or {}) for c in controllers}
     pairs = [(c, s) for s in seeds for c in controllers] if order == "seed" else [(c, s) for c in controllers for s in seeds]
     for controller, seed in pairs:
         trial_hook = (lambda r, c=controller, s=seed: on_trial(c, s, r)) if on_trial else None
         records = run_controller(
-            config, ctx, baseline, controller, seed, budget, work_dir / f"{controller}-seed{seed}", cache, options.get(controller), trial_hook
+            config, ctx, baseline, controller, seed, budget, work_dir / f"{controller}-seed{seed}", cache, options.get(controller), trial_hook,
+            cost_model,
         )
         stats = summarise(records, baseline, device, reference, speedups)
         comparison.runs.append(RunSummary(controller, seed, device, **stats))

@@ -6,6 +6,12 @@ population is full the *oldest* member leaves, whatever its score, so no lucky e
 rules for ever. Here the tournament ranks plans as NSGA-II does (Deb et al., 2002): by
 non-dominated front, then by crowding distance, which spreads the population along the
 accuracy-latency front instead of collapsing onto one point.
+
+With a cost model (:mod:`autoprune.cost_model`) the controller is hardware-aware: most
+children aim at a target speedup. Several candidate children are made from parents that
+already meet the target, their costs are predicted (a fraction of a trial's time), and the
+one inside the target band that keeps the most parameters is proposed, following the
+observation that at equal latency the plan that removes less tends to be more accurate.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from ..plan import Plan, UnitChoice
 from ..search_space import UnitSpace
 from ..trial import TrialResult
 from .base import CONTROLLERS, Controller, Proposal, random_plan
-from .encoding import complete_plan, grid_index, ratio_grid, snap_ratio, warm_start_plans
+from .encoding import complete_plan, grid_index, ratio_grid, snap_ratio, uniform_plans, warm_start_plans
 from .selection import crowding_distances, minimised, nondominated_ranks, usable
 
 #: Tries at making a child no trial has evaluated yet before accepting a repeat.
@@ -44,6 +50,21 @@ class EvolutionController(Controller):
     - ``warm_start`` (5): uniform plans (one global ratio, spread over the range) seeded
       into the first population.
 
+    Used only when the executor passes a cost model (otherwise ignored):
+
+    - ``targets`` ([1.5, 2.0, 3.0]): speedups over the dense model (1 / predicted cost
+      fraction) that children aim at; targets faster than any plan predicted so far are
+      skipped.
+    - ``target_prob`` (0.75): chance a proposal aims at a target (drawn uniformly among the
+      reachable ones); the others are ordinary children.
+    - ``candidates`` (16): candidate children screened with the cost model per targeted
+      proposal (children of members that meet the target; while fewer than two do, half
+      are random plans).
+    - ``band`` (0.1): a candidate fills target ``t`` when its predicted speedup is in
+      ``[t, t * (1 + band)]``; among those the one with the most parameters left wins
+      (the least pruning). When none fills it, the slowest candidate that still meets the
+      target, else the fastest one.
+
     Trial ``i`` draws from a generator seeded with ``(seed, i)``, and the population is
     rebuilt from the study's records, so a resumed run proposes what an uninterrupted one
     would have. Records of other controllers join the population like its own.
@@ -60,6 +81,10 @@ class EvolutionController(Controller):
         mutation_units: float = 2.0,
         shift_prob: float = 0.2,
         warm_start: int = 5,
+        targets: Sequence[float] = (1.5, 2.0, 3.0),
+        target_prob: float = 0.75,
+        candidates: int = 16,
+        band: float = 0.1,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -69,16 +94,22 @@ class EvolutionController(Controller):
         _check("mutation_units", mutation_units, mutation_units > 0, "> 0")
         _check("shift_prob", shift_prob, 0 <= shift_prob <= 1, "in [0, 1]")
         _check("warm_start", warm_start, 0 <= warm_start <= population_size, f"in [0, population_size={population_size}]")
+        targets = [float(t) for t in ([targets] if isinstance(targets, (int, float)) else targets)]
+        _check("targets", targets, all(t > 1 for t in targets), "speedups above 1")
+        _check("target_prob", target_prob, 0 <= target_prob <= 1, "in [0, 1]")
+        _check("candidates", candidates, candidates >= 1, ">= 1")
+        _check("band", band, band > 0, "> 0")
+        self.targets, self.target_prob, self.candidates, self.band = sorted(targets), target_prob, candidates, band
         self.population_size = population_size
         self.tournament_size = tournament_size
         self.crossover_prob = crossover_prob
         self.mutation_units = mutation_units
         self.shift_prob = shift_prob
         self._units = list(self.space)
+        self._quality = next((i for i, o in enumerate(self.objectives) if o.direction == "maximize"), 0)
         self._warm = deque(warm_start_plans(self.space, warm_start))
         self._population: deque[tuple[dict[str, UnitChoice], np.ndarray]] = deque(maxlen=population_size)
         self._ranking: Optional[tuple[np.ndarray, np.ndarray]] = None
-        self._seen: set[str] = set()
         self._asked = 0
         self._next_id = 0
 
@@ -89,11 +120,11 @@ class EvolutionController(Controller):
         rng = np.random.default_rng([self.seed, trial_id])
         plan = self._propose(rng)
         self._asked += 1
-        self._seen.add(plan.key)
+        self._remember(plan)
         return Proposal(trial_id, plan)
 
     def tell(self, proposal: Proposal, result: TrialResult) -> None:
-        self._seen.add(proposal.plan.key)
+        self._remember(proposal.plan)
         self._next_id = max(self._next_id, proposal.trial_id + 1)
         if not usable(result, self.objectives):
             return
@@ -117,36 +148,90 @@ class EvolutionController(Controller):
 
     # -- proposing ---------------------------------------------------------------------
     def _propose(self, rng: np.random.Generator) -> Plan:
-        if self._asked < self.population_size or len(self._population) < 2:
+        initial = self._asked < self.population_size or len(self._population) < 2
+        if initial:
             while self._warm:
                 plan = self._warm.popleft()
-                if plan.key not in self._seen:
+                if self._is_new(plan):
                     return plan
+        target = self._target(rng)
+        if target is not None:
+            return self._targeted(target, rng, initial)
+        if initial:
             return self._fresh(lambda: random_plan(self.space, rng))
         return self._fresh(lambda: self._child(rng), fallback=lambda: random_plan(self.space, rng))
+
+    # -- aiming at a speedup with the cost model ------------------------------------------
+    def _target(self, rng: np.random.Generator) -> Optional[float]:
+        """The speedup this proposal aims at, or None (no cost model, or an ordinary child)."""
+        if self.cost_model is None or not self.targets or rng.random() >= self.target_prob or not self._aware:
+            return None
+        fastest = max(self._speedup(p) for p in uniform_plans(self.space))
+        fastest = max([fastest] + [self._speedup(Plan.from_dict(g)) for g, _ in self._population])
+        reachable = [t for t in self.targets if t <= fastest]
+        return reachable[rng.integers(len(reachable))] if reachable else None
+
+    def _speedup(self, plan: Plan) -> float:
+        fraction = self.predicted_fraction(plan)
+        return 1.0 / fraction if fraction else 1.0
+
+    def _targeted(self, target: float, rng: np.random.Generator, initial: bool) -> Plan:
+        """The candidate that best fills the band above ``target`` (see the class docstring)."""
+        feasible = [i for i, (g, _) in enumerate(self._population) if self._speedup(Plan.from_dict(g)) >= target]
+        fresh = lambda: random_plan(self.space, rng)  # noqa: E731
+        if initial:
+            make = fresh
+        elif len(feasible) >= 2:
+            make = lambda: self._child(rng, feasible)  # noqa: E731
+        else:  # hardly any member meets the target yet: half the candidates are random plans
+            make = lambda: self._child(rng) if rng.random() < 0.5 else fresh()  # noqa: E731
+        pool: dict[str, Plan] = {}
+        for _ in range(self.candidates * 4):
+            plan = make()
+            if self._is_new(plan):
+                pool.setdefault(plan.key, plan)
+            if len(pool) >= self.candidates:
+                break
+        if not pool:
+            return self._fresh(make, fallback=fresh)
+        scored = [(self._speedup(p), self.predicted(p, "params") or 0.0, p) for p in pool.values()]
+        inside = [c for c in scored if target <= c[0] <= target * (1 + self.band)]
+        if inside:
+            return max(inside, key=lambda c: c[1])[2]
+        meeting = [c for c in scored if c[0] >= target]
+        if meeting:
+            return min(meeting, key=lambda c: c[0])[2]
+        return max(scored, key=lambda c: c[0])[2]
 
     def _fresh(self, make, fallback=None) -> Plan:
         """A plan from ``make`` that no trial has evaluated, if one turns up within a few tries."""
         plan = make()
         for _ in range(MAX_TRIES):
-            if plan.key not in self._seen:
+            if self._is_new(plan):
                 return plan
             plan = make()
         if fallback is not None:
             for _ in range(MAX_TRIES):
                 plan = fallback()
-                if plan.key not in self._seen:
+                if self._is_new(plan):
                     return plan
         return plan
 
-    def _child(self, rng: np.random.Generator) -> Plan:
-        genome = dict(self._tournament(rng))
+    def _child(self, rng: np.random.Generator, among: Optional[Sequence[int]] = None) -> Plan:
+        genome = dict(self._tournament(rng, among))
         if rng.random() < self.crossover_prob:
-            other = self._tournament(rng)
+            other = self._tournament(rng, among)
             genome = {u: genome[u] if rng.random() < 0.5 else other[u] for u in self._units}
         return Plan.from_dict(self._mutate(genome, rng))
 
-    def _tournament(self, rng: np.random.Generator) -> dict[str, UnitChoice]:
+    def _tournament(self, rng: np.random.Generator, among: Optional[Sequence[int]] = None) -> dict[str, UnitChoice]:
+        """A parent by tournament; restricted to the members ``among`` (when two or more), it is
+        the drawn member best on the maximised objective (accuracy), as those all meet the target."""
+        if among is not None and len(among) >= 2:
+            size = min(self.tournament_size, len(among))
+            drawn = rng.choice(np.asarray(among), size=size, replace=False)
+            best = min(drawn, key=lambda i: self._population[int(i)][1][self._quality])
+            return self._population[int(best)][0]
         if self._ranking is None:
             points = np.stack([values for _, values in self._population])
             ranks = nondominated_ranks(points)

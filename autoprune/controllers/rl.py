@@ -28,6 +28,8 @@ from .evolution import MAX_TRIES
 from .selection import usable
 
 GOLDEN = (math.sqrt(5) - 1) / 2
+#: Noisier fitted rollouts tried when a fitted plan repeats an earlier one, before plain ones.
+FIT_TRIES = 3
 
 #: Columns of the per-unit state before the plan-so-far block.
 STATIC = ("position", "is_linear", "channels", "layers", "consumers", "ratio_low", "ratio_high", "options")
@@ -82,7 +84,12 @@ class RLController(Controller):
     So an untrained agent already proposes plans near the budget (uniform pruning plus
     noise) and learning decides which units give up more or fewer channels; this plays the
     part of AMC's action clipping, which keeps every episode within the constraint, without
-    needing a cost model of each layer. Where a rule offers several granularities (or
+    needing a cost model of each layer. With a cost model (:mod:`autoprune.cost_model`,
+    passed by the executor when a device has a lookup table) the anchor is instead
+    bisected per episode (``fit_steps`` halvings, about a tenth of a second of prediction
+    each) to the least pruning whose plan is predicted within the budget, so every episode
+    meets its budget as in AMC and none prunes more than it needs to; and a plan that
+    prunes to the same network as an earlier one (same predicted costs) counts as a repeat. Where a rule offers several granularities (or
     criteria), one score per option follows and the highest wins. Exploration adds truncated
     Gaussian noise of scale ``noise``, multiplied by ``noise_decay`` every episode after
     the warm start (AMC: 0.5 and 0.95). The executed (snapped) action is what the agent
@@ -121,7 +128,8 @@ class RLController(Controller):
     another budget), ``spread`` (0.5, how far from the anchor an action reaches, as a
     fraction of the ratio range). AMC used 300 hidden units, learning rates 1e-4 / 1e-3,
     tau 0.01 and 100 random warm-up episodes out of 400; a search of tens of trials needs
-    the smaller, faster-moving networks above.
+    the smaller, faster-moving networks above. ``fit_steps`` (6) applies only with a
+    cost model.
 
     Trial ``i`` draws its noise from a generator seeded with ``(seed, i)`` and training is
     seeded by the number of episodes, so a resumed run (which replays the records in order)
@@ -145,6 +153,7 @@ class RLController(Controller):
         penalty: float = 4.0,
         relabel: float = 0.5,
         spread: float = 0.5,
+        fit_steps: int = 6,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -161,6 +170,7 @@ class RLController(Controller):
             ("penalty", penalty, penalty >= 0, ">= 0"),
             ("relabel", relabel, 0 <= relabel <= 1, "in [0, 1]"),
             ("spread", spread, 0 < spread <= 1, "in (0, 1]"),
+            ("fit_steps", fit_steps, fit_steps >= 0, ">= 0"),
         ):
             if not ok:
                 raise ConfigError(f"controller_options.{key}: must be {rule}, but got {key}={value!r}")
@@ -168,7 +178,7 @@ class RLController(Controller):
             raise ConfigError("objectives: the rl controller needs one maximised objective (accuracy)")
         self.warm_start, self.noise, self.noise_decay = warm_start, noise, noise_decay
         self.tau, self.batch_size, self.updates = tau, batch_size, updates
-        self.penalty, self.relabel, self.spread = penalty, relabel, spread
+        self.penalty, self.relabel, self.spread, self.fit_steps = penalty, relabel, spread, fit_steps
         self._quality = next(o for o in self.objectives if o.direction == "maximize")
         self._costs = [o for o in self.objectives if o.direction == "minimize"]
         self._units = list(self.space)
@@ -189,7 +199,6 @@ class RLController(Controller):
         self._offset = float(np.random.default_rng([self.seed, 7]).random())
         self._episodes: list[Episode] = []
         self._budgets: dict[int, float] = {}
-        self._seen: set[str] = set()
         self._episode_keys: set[str] = set()
         self._next_id = 0
         self._resuming = False
@@ -200,24 +209,28 @@ class RLController(Controller):
         self._next_id += 1
         while self._warm:
             plan = self._warm.pop(0)
-            if plan.key not in self._seen:
-                self._seen.add(plan.key)
+            if self._is_new(plan):
+                self._remember(plan)
                 return Proposal(trial_id, plan)
         rng = np.random.default_rng([self.seed, trial_id])
         budget = self.budget_for(trial_id)
         sigma = self.noise * self.noise_decay ** max(0, trial_id - self.warm_start)
-        plan = self._rollout(budget, sigma, rng)
-        for _ in range(MAX_TRIES):
-            if plan.key not in self._seen:
+        fit = self._aware
+        plan = self._fitted(budget, sigma, rng) if fit else self._rollout(budget, sigma, rng)
+        for attempt in range(MAX_TRIES):
+            if self._is_new(plan):
                 break
             sigma = max(2 * sigma, 0.05)
-            plan = self._rollout(budget, min(sigma, 1.0), rng)
+            if fit and attempt < FIT_TRIES:
+                plan = self._fitted(budget, min(sigma, 1.0), rng)
+            else:
+                plan = self._rollout(budget, min(sigma, 1.0), rng)
         self._budgets[trial_id] = budget
-        self._seen.add(plan.key)
+        self._remember(plan)
         return Proposal(trial_id, plan)
 
     def tell(self, proposal: Proposal, result: TrialResult) -> None:
-        self._seen.add(proposal.plan.key)
+        self._remember(proposal.plan)
         self._next_id = max(self._next_id, proposal.trial_id + 1)
         budget = self._budgets.pop(proposal.trial_id, None)
         if budget is None and self._resuming and result.controller == self.name and not self._is_warm(proposal):
@@ -263,9 +276,41 @@ class RLController(Controller):
         """The plan the actor picks, without noise, for a cost fraction ``budget`` of the dense model."""
         return self._rollout(budget, 0.0, np.random.default_rng(0))
 
-    def _rollout(self, budget: float, sigma: float, rng: np.random.Generator) -> Plan:
+    def _fitted(self, budget: float, sigma: float, rng: np.random.Generator) -> Plan:
+        """The episode's plan with its anchor moved until the cost model predicts it within ``budget``.
+
+        AMC clips each action so that the episode can still meet its resource budget; here
+        the anchor (the mean ratio every action is a deviation from) is bisected instead:
+        the least pruning whose plan, with this episode's noise, is predicted within budget
+        (the most pruning when none is). Each step replays the same noise stream.
+        """
+        state = rng.bit_generator.state
+        tried: dict[float, Plan] = {}
+
+        def rollout(anchor: float) -> Plan:
+            rng.bit_generator.state = state
+            tried[anchor] = self._rollout(budget, sigma, rng, anchor)
+            return tried[anchor]
+
+        low, high = 0.0, 1.0
+        start = self.anchor(budget)
+        if self.predicted_fraction(rollout(start)) <= budget:
+            high = start
+        else:
+            low = start
+            if self.predicted_fraction(rollout(high)) > budget:
+                return tried[high]
+        for _ in range(self.fit_steps):
+            middle = (low + high) / 2
+            if self.predicted_fraction(rollout(middle)) <= budget:
+                high = middle
+            else:
+                low = middle
+        return tried[high]
+
+    def _rollout(self, budget: float, sigma: float, rng: np.random.Generator, anchor: Optional[float] = None) -> Plan:
         choices: dict[str, UnitChoice] = {}
-        anchor = self.anchor(budget)
+        anchor = self.anchor(budget) if anchor is None else anchor
         walk = _Walk(self._static, self._units, self._granularities > 1)
         for t, name in enumerate(self._units):
             us = self.space[name]

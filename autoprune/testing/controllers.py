@@ -12,8 +12,9 @@ directory on every call)::
 
 Most tests drive the controller with :func:`toy_result`, a closed-form stand-in for a
 trial (accuracy falls and latency drops as units are pruned), so hundreds of ask/tell
-rounds take milliseconds; one test runs a real study on a real model through the local
-executor.
+rounds take milliseconds; :class:`ToyCostModel` predicts its costs, as a lookup table
+would, for the runs with a cost model; one test runs a real study on a real model through
+the local executor.
 """
 from __future__ import annotations
 
@@ -86,6 +87,22 @@ def toy_result(plan: Plan, space: dict[str, UnitSpace], number: int) -> TrialRes
         params=int(1000 * latency),
         macs=int(10000 * latency),
     )
+
+
+class ToyCostModel:
+    """The costs :func:`toy_result` will report, predicted without its accuracy: what a
+    cost model from a lookup table gives a controller. ``calls`` counts the predictions."""
+
+    def __init__(self, space: dict[str, UnitSpace]) -> None:
+        self.space = space
+        self.calls = 0
+        dense = toy_result(Plan.from_dict({}), space, 0)
+        self.dense = {f"latency_ms.{TOY_DEVICE}": dense.latency_ms[TOY_DEVICE], "params": float(dense.params)}
+
+    def __call__(self, plan: Plan) -> dict[str, float]:
+        self.calls += 1
+        result = toy_result(plan, self.space, 0)
+        return {f"latency_ms.{TOY_DEVICE}": result.latency_ms[TOY_DEVICE], "params": float(result.params)}
 
 
 def run_toy(
@@ -204,6 +221,22 @@ class ControllerTestSuite:
         assert all(violations(Plan.from_dict(r.plan), space) == [] for r in more)
         assert all(r.trial_id >= 8 for r in more[8:])
 
+    def test_works_with_a_cost_model(self, space: dict[str, UnitSpace], tmp_path: Path) -> None:
+        """Valid, reproducible plans and an exact resume when the executor passes a cost model too."""
+        make = lambda **kw: self.make(space, cost_model=ToyCostModel(space), **kw)  # noqa: E731
+        records = run_toy(make(seed=3), space, 20)
+        assert all(violations(Plan.from_dict(r.plan), space) == [] for r in records)
+        assert [r.plan_key for r in run_toy(make(seed=3), space, 20)] == [r.plan_key for r in records]
+        study = Study(tmp_path / "study")
+        controller = make(study_dir=study.path)
+        run_toy(controller, space, 10, study=study)
+        resumed = make(study_dir=study.path)
+        resumed.resume(study.records())
+        after = [resumed.ask() for _ in range(3)]
+        assert all(p.trial_id >= 10 and violations(p.plan, space) == [] for p in after)
+        if self.exact_resume:
+            assert [p.plan.key for p in after] == [controller.ask().plan.key for _ in range(3)]
+
     def test_runs_a_real_study_within_its_budget(self, study_config: Callable[..., Path]) -> None:
         """Through the local executor on a real model: exactly the budget, then a resume to a larger one."""
         from ..executor import run_study
@@ -228,4 +261,4 @@ def resolved_space(config_path: Path) -> dict[str, UnitSpace]:
     return build_context(load_config(config_path)).space
 
 
-__all__ = ["ControllerTestSuite", "TOY_DEVICE", "resolved_space", "run_toy", "toy_objectives", "toy_result", "toy_space"]
+__all__ = ["ControllerTestSuite", "TOY_DEVICE", "ToyCostModel", "resolved_space", "run_toy", "toy_objectives", "toy_result", "toy_space"]
