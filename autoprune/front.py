@@ -38,11 +38,16 @@ def front(
     device: Optional[str] = None,
     max_latency_ms: Optional[float] = None,
     min_accuracy: Optional[float] = None,
+    measure: bool = False,
 ) -> pd.DataFrame:
     """The Pareto front of a study, one row per member and device.
 
     ``device`` restricts to one device (default: every device of the study); the
     constraints then filter the members. ``speedup`` is relative to the dense model.
+    With ``measure``, every member left and the dense model are pruned again (no
+    fine-tune: latency does not depend on the weights) and timed on the device's backend,
+    in interleaved rounds, into ``latency_ms_measured`` and ``speedup_measured``; a device
+    that is not this machine gets NaN there (time it with ``autoprune export --remote``).
     """
     study = study if isinstance(study, Study) else Study(study)
     config = study.require().config()
@@ -74,4 +79,42 @@ def front(
         df = df[df.latency_ms <= max_latency_ms]
     if min_accuracy is not None:
         df = df[df.accuracy >= min_accuracy]
-    return df.reset_index(drop=True)
+    df = df.reset_index(drop=True)
+    if measure:
+        df = with_measured_latency(df, study)
+    return df
+
+
+def with_measured_latency(df: pd.DataFrame, study: Study) -> pd.DataFrame:
+    """``df`` (rows of :func:`front`) with each member's latency measured on its device, beside the dense model's."""
+    import tempfile
+
+    from .backends import get_backend
+    from .context import build_context
+    from .devices import load_device
+    from .export import measure_interleaved
+    from .latency import batched, deployable
+    from .plan import Plan
+    from .trial import prune
+
+    df = df.assign(latency_ms_measured=float("nan"), speedup_measured=float("nan"))
+    if df.empty:
+        return df
+    ctx = build_context(study.config())
+    plans = {r.plan_key: Plan.from_dict(r.plan) for r in study.records()}
+    for name, rows in df.groupby("device"):
+        profile = load_device(name)
+        backend = get_backend(profile.backend)
+        if not profile.local or not backend.available()[0]:
+            continue
+        x = batched(ctx.task.example_input, profile.batch_size)
+        models = [ctx.task.model] + [prune(ctx, plans[key]) for key in rows.plan_key]
+        with tempfile.TemporaryDirectory(prefix="autoprune-front-") as tmp:
+            paths = [
+                backend.export(deployable(m, ctx.task.example_input), x, Path(tmp) / f"m{i}{backend.suffix}") for i, m in enumerate(models)
+            ]
+            stats = measure_interleaved(backend.measure, paths, x.numpy(), profile)
+        dense_ms = stats[0].median_ms
+        df.loc[rows.index, "latency_ms_measured"] = [s.median_ms for s in stats[1:]]
+        df.loc[rows.index, "speedup_measured"] = [dense_ms / s.median_ms for s in stats[1:]]
+    return df

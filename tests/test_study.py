@@ -35,6 +35,12 @@ def test_study_records_every_trial_and_resumes_without_recomputing(tmp_path):
     optuna_study = optuna.load_study(study_name="tiny", storage=study.optuna_storage)
     assert len([t for t in optuna_study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 4
 
+    measured = front(study, measure=True)
+    assert len(measured) == len(front(study)) > 0
+    assert (measured.latency_ms_measured > 0).all() and (measured.speedup_measured > 0).all()
+    # the study's latency was measured too: a second measurement agrees within noise, not exactly
+    assert (measured.latency_ms_measured / measured.latency_ms).between(1 / 3, 3).all()
+
 
 def test_changing_what_is_searched_refuses_to_mix_studies(tmp_path):
     run_study(load_config(write_config(tmp_path, budget={"trials": 1})), progress=False)

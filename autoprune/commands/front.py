@@ -11,13 +11,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-latency-ms", type=float, help="keep members at most this slow")
     p.add_argument("--min-accuracy", type=float, help="keep members at least this accurate")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--measure", action="store_true", help="also time each member and the dense model on the device (this machine's devices only)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..front import front
 
-    df = front(args.study, device=args.device, max_latency_ms=args.max_latency_ms, min_accuracy=args.min_accuracy)
+    df = front(args.study, device=args.device, max_latency_ms=args.max_latency_ms, min_accuracy=args.min_accuracy, measure=args.measure)
     if args.format == "csv":
         print(df.to_csv(index=False), end="")
     elif args.format == "json":
