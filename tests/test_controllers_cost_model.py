@@ -49,6 +49,13 @@ def test_cost_model_predicts_what_the_trial_records(lut_context):
     assert model(Plan.from_dict(plan.to_dict())) == predicted and model.hits == 1
 
 
+def test_executor_gives_the_controller_a_cost_model(lut_context, tmp_path: Path):
+    config, ctx = lut_context
+    controller = make_controller(config.model_copy(update={"controller": "evolution", "controller_options": {}}), ctx.space, Study(tmp_path / "s"), ctx)
+    assert isinstance(controller.cost_model, CostModel) and controller.has_cost_model
+    assert 0 < controller.predicted_fraction(uniform_plans(ctx.space)[-1]) < 10
+
+
 def test_no_cost_model_for_measured_latency_only(tmp_path: Path):
     config = load_config(write_config(tmp_path, latency="measured"))
     ctx = build_context(config)
