@@ -46,7 +46,7 @@ from .front import device_front
 from .objectives import build_objectives
 from .plan import Plan
 from .stopping import DominanceRule, Report, append_reports, load_reports
-from .study import Study
+from .study import Study, open_optuna_storage
 from .trial import COMPLETE, FAILED, STOPPED, TrialContext, TrialResult
 from .tune_searcher import RECORD, RUNG, ControllerSearcher, lost_trial, metrics, record_from_result, trainable
 
@@ -134,6 +134,7 @@ class DominanceScheduler(FIFOScheduler):
     def __init__(self, rule: DominanceRule) -> None:
         super().__init__()
         self.rule = rule
+        self.stopped: set[str] = set()  # trials this scheduler stopped, until recorded
         self._reports: dict[str, dict[int, Report]] = {}
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
@@ -144,9 +145,14 @@ class DominanceScheduler(FIFOScheduler):
         for rung in [r for r in kept if r >= report.rung]:  # a retried trial reports its rungs again
             del kept[rung]
         kept[report.rung] = report
-        return TrialScheduler.STOP if self.rule.check(report) else TrialScheduler.CONTINUE
+        if not self.rule.check(report):
+            return TrialScheduler.CONTINUE
+        self.stopped.add(trial.trial_id)
+        return TrialScheduler.STOP
 
     def pop_reports(self, trial_id: str) -> list[Report]:
+        """The reports of a finished trial, by rung (forgotten here once the study has them)."""
+        self.stopped.discard(trial_id)
         return [r for _, r in sorted(self._reports.pop(trial_id, {}).items())]
 
 
@@ -235,11 +241,13 @@ class StudySearcher(Searcher):
         if live is None:
             return
         key, plan, number, handle = live
-        record = record_from_result(result)
-        if record is None:
-            reason = f"trial lost after {self.retries} retries: its worker or node died" if error else "the trial ended without a result"
-            record = lost_trial(number, plan, reason)
+        stopped = self.scheduler is not None and trial_id in self.scheduler.stopped
         reports = self.scheduler.pop_reports(trial_id) if self.scheduler is not None else []
+        record = record_from_result(result, stopped)
+        if record is None and not error:
+            return  # ended by the experiment's end (Ctrl-C), unfinished: no record, a resumed run runs it again
+        if record is None:
+            record = lost_trial(number, plan, f"trial lost after {self.retries} retries: its worker or node died")
         self._finish(key, handle, record, reports)
 
     def _finish(self, key: str, handle: int, record: TrialResult, reports: list[Report]) -> None:
@@ -283,7 +291,6 @@ def inner_searcher(config: Config, controller: Controller) -> Searcher:
     """
     if not isinstance(controller, OptunaController):
         return ControllerSearcher(controller)
-    import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     objectives = controller.objectives
@@ -293,7 +300,7 @@ def inner_searcher(config: Config, controller: Controller) -> Searcher:
         mode=["max" if o.direction == "maximize" else "min" for o in objectives],
         sampler=controller.study.sampler,
         study_name=controller.study.study_name,
-        storage=optuna.storages.RDBStorage(config.storage or Study(config.study_dir).optuna_storage),
+        storage=open_optuna_storage(config.storage or Study(config.study_dir).optuna_storage),
     )
 
 

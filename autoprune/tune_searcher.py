@@ -125,12 +125,11 @@ def trainable(
 
 
 # -- the driver side ------------------------------------------------------------------
-def record_from_result(result: Optional[Mapping[str, Any]]) -> Optional[TrialResult]:
-    """The trial's record from the last result Tune kept: the final one, or the rung it was stopped at."""
-    if not result:
-        return None
-    for key in (RECORD, RECORD_IF_STOPPED):
-        if result.get(key):
+def record_from_result(result: Optional[Mapping[str, Any]], stopped: bool = True) -> Optional[TrialResult]:
+    """The trial's record from the last result Tune kept: the final one, or (when ``stopped``)
+    the record of the rung where a scheduler stopped it."""
+    for key in (RECORD, RECORD_IF_STOPPED) if stopped else (RECORD,):
+        if result and result.get(key):
             return TrialResult.from_dict(json.loads(result[key]))
     return None
 

@@ -4,6 +4,7 @@ leaving; multi-fidelity stopping as a Tune scheduler; the controller searcher in
 experiment of one's own."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -18,13 +19,20 @@ import pytest
 
 from autoprune.config import load_config
 from autoprune.context import build_context
-from autoprune.controllers import CONTROLLERS
 from autoprune.study import Study
 from autoprune.trial import COMPLETE, STOPPED
 from tests.conftest import write_config
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
+
+if importlib.util.find_spec("psycopg") is not None:
+    from tests.test_storage_postgres import postgres_url  # noqa: F401  (a PostgreSQL server started for this module)
+else:
+
+    @pytest.fixture(scope="module")
+    def postgres_url():
+        pytest.skip("PostgreSQL storage needs psycopg 3 (pip install 'autoprune[postgres]')")
 
 RAY = Path(sys.executable).with_name("ray")
 TRIAL_TITLE = "ray::ImplicitFunc.train"  # a Tune function trainable's actor while it runs a trial
@@ -155,12 +163,13 @@ CONTROLLER_OPTIONS = {
     "evolution": {"population_size": 2, "warm_start": 1},
     "rl": {"warm_start": 1, "updates": 2, "hidden": 8},
     "nsga2": {"population_size": 2},
-    "tpe": {"n_startup_trials": 2},
 }
 
 
-@pytest.mark.parametrize("name", CONTROLLERS.names())
-def test_every_registered_controller_drives_a_ray_study(driver, tmp_path, name):
+#: evolution and rl through the ControllerSearcher, nsga2 through Tune's OptunaSearch (which
+#: also drives the fault, stopping and storage tests below; tpe takes the same path).
+@pytest.mark.parametrize("name", ["evolution", "rl", "nsga2"])
+def test_controllers_drive_a_study_through_tune(driver, tmp_path, name):
     from autoprune.ray_executor import RayOptions, run_study_ray
 
     config = load_config(write_config(tmp_path, controller=name, controller_options=CONTROLLER_OPTIONS.get(name, {}), budget={"trials": 4}))
@@ -168,6 +177,8 @@ def test_every_registered_controller_drives_a_ray_study(driver, tmp_path, name):
     assert sorted(r.number for r in records) == [0, 1, 2, 3]
     assert all(r.state == COMPLETE and r.controller == name for r in records), [r.error for r in records]
     assert len({r.trial_id for r in records}) == 4
+    if name == "nsga2":
+        assert optuna_states(tmp_path / "study") == ["COMPLETE"] * 4
 
 
 def test_a_trial_no_node_can_hold_is_a_clear_error(driver, tmp_path):
@@ -197,15 +208,14 @@ def test_dominated_trials_are_stopped_by_the_tune_scheduler(driver, tmp_path):
     assert optuna_states(tmp_path / "study") == ["COMPLETE", "PRUNED", "PRUNED"]
 
 
-@pytest.mark.parametrize("name", ["evolution", "nsga2"])
-def test_controller_searcher_in_a_tune_experiment_of_ones_own(driver, tmp_path, name):
+def test_controller_searcher_in_a_tune_experiment_of_ones_own(driver, tmp_path):
     import ray
     from ray import tune
 
     from autoprune.executor import make_controller
     from autoprune.tune_searcher import ControllerSearcher, trainable
 
-    config = load_config(write_config(tmp_path, controller=name, controller_options=CONTROLLER_OPTIONS[name]))
+    config = load_config(write_config(tmp_path, controller="nsga2", controller_options=CONTROLLER_OPTIONS["nsga2"]))
     controller = make_controller(config, driver.space, Study(config.study_dir))
     searcher = ControllerSearcher(controller, max_trials=3)
     tuner = tune.Tuner(
@@ -216,10 +226,25 @@ def test_controller_searcher_in_a_tune_experiment_of_ones_own(driver, tmp_path, 
     grid = tuner.fit()
     assert len(grid) == 3 and not grid.errors
     assert sorted(r.number for r in searcher.records) == [0, 1, 2]
-    assert all(r.state == COMPLETE and r.controller == name for r in searcher.records)
+    assert all(r.state == COMPLETE and r.controller == "nsga2" for r in searcher.records)
     assert {r.metrics["accuracy"] for r in grid} == {r.accuracy for r in searcher.records}
-    if name == "nsga2":  # told: the Optuna study holds the three results
-        assert [t.values[0] for t in controller.study.trials] == [r.accuracy for r in sorted(searcher.records, key=lambda r: r.trial_id)]
+    # the controller was told: its Optuna study holds the three results
+    assert [t.values[0] for t in controller.study.trials] == [r.accuracy for r in sorted(searcher.records, key=lambda r: r.trial_id)]
+
+
+def test_optuna_search_keeps_the_study_in_postgres_and_resumes_from_it(driver, tmp_path, postgres_url):
+    from autoprune.ray_executor import RayOptions, run_study_ray
+
+    def config(trials: int):
+        return load_config(write_config(tmp_path, name="tiny-tune", budget={"trials": trials}), storage=postgres_url)
+
+    run_study_ray(config(2), RayOptions(max_concurrent=2), progress=False, context=driver)
+    records = run_study_ray(config(3), RayOptions(max_concurrent=2), progress=False, context=driver).records()
+    assert not (tmp_path / "study" / "optuna.db").exists()
+    assert sorted(r.number for r in records) == [0, 1, 2]
+    trials = {t.number: t for t in optuna.load_study(study_name="tiny-tune", storage=postgres_url).trials}
+    assert sorted(trials) == sorted(r.trial_id for r in records)
+    assert all(trials[r.trial_id].state.name == "COMPLETE" and trials[r.trial_id].values[0] == r.accuracy for r in records if r.state == COMPLETE)
 
 
 def search(config: Path, cluster: Cluster, *extra: str) -> list[str]:
