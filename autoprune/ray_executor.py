@@ -45,6 +45,7 @@ from .executor import budget_left, make_controller
 from .front import device_front
 from .objectives import build_objectives
 from .plan import Plan
+from .search_space import UnitSpace
 from .stopping import DominanceRule, Report, append_reports, load_reports
 from .study import Study, open_optuna_storage
 from .trial import COMPLETE, FAILED, STOPPED, TrialContext, TrialResult
@@ -174,7 +175,10 @@ class StudySearcher(Searcher):
         on_trial: Optional[Callable[[TrialResult], None]] = None,
         progress: Optional[tqdm] = None,
         retries: int = 0,
+        space: Optional[dict[str, UnitSpace]] = None,
     ) -> None:
+        """``retries`` is only for the message of a lost trial; ``space`` maps an
+        ``OptunaSearch`` suggestion (Optuna parameters) to a plan."""
         super().__init__()
         self.inner = inner
         self.retries = retries
@@ -186,16 +190,13 @@ class StudySearcher(Searcher):
         self.progress = progress
         self.started = time.monotonic()
         self.objectives = build_objectives(config.objectives, config.devices)
-        self._space: Optional[dict] = None
+        self._space = space
         self._numbers = free_numbers({r.number for r in records})
         self._evaluated = {r.plan_key: r for r in records if r.state == COMPLETE}
         self._live: dict[str, tuple[str, Plan, int, int]] = {}
         self._asked = 0
-
-    def bind(self, space: dict) -> "StudySearcher":
-        """The search space, for an inner searcher that suggests Optuna parameters."""
-        self._space = space
-        return self
+        self.finished = False  # the budget is spent (Tune ends the experiment when the last trial is in)
+        self.cut_short = 0  # trials that ended unfinished, without a record
 
     def _propose(self, key: str, suggestion: dict) -> tuple[Plan, int]:
         """The plan of the inner searcher's suggestion, and the handle its records keep (``trial_id``)."""
@@ -234,6 +235,7 @@ class StudySearcher(Searcher):
                 return {"plan": plan.to_dict(), "number": number}
             cached = dataclasses.replace(earlier, number=number, cached=True, timings={"total_s": 0.0}, plan=plan.to_dict())
             self._finish(key, handle, cached, [])
+        self.finished = True
         return Searcher.FINISHED
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
@@ -245,7 +247,8 @@ class StudySearcher(Searcher):
         reports = self.scheduler.pop_reports(trial_id) if self.scheduler is not None else []
         record = record_from_result(result, stopped)
         if record is None and not error:
-            return  # ended by the experiment's end (Ctrl-C), unfinished: no record, a resumed run runs it again
+            self.cut_short += 1  # ended by the experiment's end (Ctrl-C): no record, a resumed run runs it again
+            return
         if record is None:
             record = lost_trial(number, plan, f"trial lost after {self.retries} retries: its worker or node died")
         self._finish(key, handle, record, reports)
@@ -334,7 +337,7 @@ def run_study_ray(
         resources = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
         with tqdm(total=config.budget.trials, initial=len(records), desc=config.name, unit="trial", disable=not progress) as bar:
             inner = inner_searcher(config, controller)
-            searcher = StudySearcher(inner, config, study, records, scheduler, on_trial, bar, options.max_retries).bind(ctx.space)
+            searcher = StudySearcher(inner, config, study, records, scheduler, on_trial, bar, options.max_retries, ctx.space)
             tuner = tune.Tuner(
                 tune.with_resources(trial_fn, resources),
                 tune_config=tune.TuneConfig(
@@ -354,6 +357,8 @@ def run_study_ray(
             )
             with contextlib.redirect_stdout(io.StringIO()):  # Tune's console tables; the progress bar and records say it
                 tuner.fit()
+            if not searcher.finished or searcher.cut_short:  # Tune ends an experiment on Ctrl-C (SIGINT) without raising
+                raise KeyboardInterrupt
     finally:
         if started_here:
             ray.shutdown()

@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--storage", help="Optuna storage URL for the study (e.g. postgresql://host/db); default SQLite in study_dir")
     p.add_argument("--resume", action="store_true", help="continue the study in study_dir (an error if there is none)")
-    p.add_argument("--backend", choices=["local", "ray"], default="local", help="run trials in this process (default) or on a Ray cluster")
+    p.add_argument("--backend", choices=["local", "ray"], default="local", help="run trials in this process (default) or as Ray Tune trials on a Ray cluster")
     ray = p.add_argument_group("Ray (with --backend ray)")
     ray.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: start a local one)")
     ray.add_argument("--max-concurrent", type=int, help="trials in flight (default: as many as the cluster's CPUs fit)")
