@@ -275,6 +275,20 @@ def test_calibration_recovers_intercept_scale_and_weight_cost():
     assert fit_calibration(faster, 0.004, "model m").per_mb_ms == 0.0
 
 
+def test_calibration_over_depth_variants_keeps_a_positive_scale():
+    from autoprune.lut.table import fit_calibration
+
+    # transformer-like variants: 2 kernels per layer, the kernel sum grows with the layers
+    layers = [2, 3, 4, 5, 6, 4, 5, 3]
+    sums = [0.9 * n + 0.3 + 0.05 * (-1) ** i for i, n in enumerate(layers)]
+    points = [CalibrationPoint(model=f"m{n}", family="f", kernels=1 + 2 * n, kernel_sum_ms=s, measured_ms=0.004 + 1.2 * s) for n, s in zip(layers, sums)]
+    cal = fit_calibration(points, overhead_ms=0.004, source="family f")
+    assert cal.predict(9, 2.0) == pytest.approx(0.004 + 2.4, rel=1e-6)
+    # points where a larger kernel sum looks faster (noise) never give a negative scale
+    noisy = [p.model_copy(update={"measured_ms": 5.0 - p.kernel_sum_ms}) for p in points]
+    assert fit_calibration(noisy, 0.004, "family f").scale > 0
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["torch-cuda", "onnxruntime-cuda"])
 def test_profile_and_predict_on_a_gpu_backend(backend, request, tmp_path):

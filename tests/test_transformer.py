@@ -153,6 +153,8 @@ def test_transformer_kernel_keys_cover_the_space_and_the_table_predicts_pruned_m
     from autoprune.latency import estimator_for
     from autoprune.lut import LUTEstimator, extract_kernels, load_table, profile
     from autoprune.lut.enumeration import enumerate_keys
+    from autoprune.lut.keys import weight_mb
+    from autoprune.lut.table import kernel_sum
     from autoprune.search_space import SearchSpace
     from autoprune.transformer_kernels import kernel_module
 
@@ -192,5 +194,11 @@ def test_transformer_kernel_keys_cover_the_space_and_the_table_predicts_pruned_m
     assert [k.key.op for k in extract_kernels(shallow, IDS)] == ["embed", "attention", "ffn", "attention", "ffn"]
     assert {k.key.groups for k in extract_kernels(heads, IDS) if k.key.op == "attention"} == {1}
     dense_ms = estimator.latency_ms(tiny_bert, IDS)
-    assert 0 < estimator.latency_ms(heads, IDS) < dense_ms and 0 < estimator.latency_ms(shallow, IDS) < dense_ms
+    assert 0 < estimator.latency_ms(shallow, IDS) < dense_ms  # a layer's two kernels are gone
+    # the head-pruned model is summed from its own rows (one head kept), not the dense ones
+    kernels = extract_kernels(heads, IDS)
+    rows = sum(float(estimator.table.rows[k.key.id]["median_ms"]) for k in kernels)
+    assert kernel_sum(estimator.table, kernels) == pytest.approx(rows - len(kernels) * estimator.table.meta.overhead_ms)
+    calibration = estimator.calibration(kernels, heads, IDS)
+    assert estimator.latency_ms(heads, IDS) == pytest.approx(calibration.predict(len(kernels), kernel_sum(estimator.table, kernels), weight_mb(kernels)))
     assert estimator.measured_on_demand == 0

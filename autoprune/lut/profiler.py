@@ -31,10 +31,13 @@ from ..units import Unit
 from .enumeration import enumerate_keys
 from .kernels import CHANNELS_LAST_BACKENDS, SEQUENCE_OPS, kernel_model
 from .keys import KernelKey, architecture, extract_kernels, weight_mb
-from .measure import FileMeasurer, Write, measure_files, measure_models, model_writer
+from .measure import FileMeasurer, Write, measure_files, model_writer
 from .tflite_kernels import TFLiteKernelWriter
 from .table import Calibration, CalibrationPoint, LatencyTable, has_table, installed_versions, kernel_sum, load_table
 
+#: Interleaved rounds at least, when kernels are timed with the calibration models: finely
+#: interleaved, kernels and models see the same share of a busy machine.
+JOINT_ROUNDS = 20
 #: The empty kernel timed to learn a runtime's per-call overhead.
 EMPTY_KERNEL = KernelKey("act", 1, 1, 1, 1, act="relu")
 
@@ -152,8 +155,11 @@ def profile(
     table are not measured again, nor is a model family whose calibration points exist.
     ``data`` (training batches and loss) lets calibration plans use gradient criteria such
     as ``taylor``; without it they rank by ``l1``. ``sparse_keys`` is the setting of a new
-    table (see :class:`.table.TableMeta`).
+    table (see :class:`.table.TableMeta`). A transformer family calibrated for the first time
+    has its kernels timed together with the calibration models (see :func:`calibrate`).
     """
+    from ..transformer_kernels import is_transformer
+
     start = time.perf_counter()
     table = open_table(device, remote=measurer is not None, sparse_keys=sparse_keys)
     if measurer is not None:
@@ -167,24 +173,28 @@ def profile(
     keys = enumerate_keys(model, example_input, units, space, sparse_keys=table.meta.sparse_keys == "measured")
     todo = [k for k in keys if k not in table]
     reused = len(keys) - len(todo)
+    signature, family = architecture(extract_kernels(model, example_input), model, example_input)
+    have = [p for p in table.meta.calibration if p.family == family]
+    joint = is_transformer(model) and not have
     if progress:
         progress(0, len(todo))
-    for i in range(0, len(todo), chunk):
+    for i in range(0, len(todo) if not joint else 0, chunk):
         part = todo[i : i + chunk]
         table.append(measure_keys(device, part, table, rounds, measurer))
         if progress:
             progress(min(i + chunk, len(todo)), len(todo))
     kernel_s = time.perf_counter() - start
-    signature, family = architecture(extract_kernels(model, example_input), model, example_input)
-    have = [p for p in table.meta.calibration if p.family == family]
     t = time.perf_counter()
     if len(have) < calibration:
         multiples = {name: us.rule.channel_multiple for name, us in space.items()}
         plans = calibration_plans(space, calibration, seed)[len(have) :]
         if data is None:
             plans = [(label, without_gradients(plan)) for label, plan in plans]
-        table.meta.calibration.extend(calibrate(device, table, model, example_input, units, plans, multiples, rounds, measurer, data))
+        timed_with, joint_rounds = (keys, max(rounds, JOINT_ROUNDS)) if joint else ((), rounds)
+        table.meta.calibration.extend(calibrate(device, table, model, example_input, units, plans, multiples, joint_rounds, measurer, data, timed_with))
         table.save_meta()
+        if joint and progress:
+            progress(len(todo), len(todo))
     calibration_s = time.perf_counter() - t
     return ProfileReport(
         device=device.name, model=signature, keys=len(keys), measured=len(todo), reused=reused,
@@ -205,11 +215,24 @@ def calibrate(
     rounds: int = 3,
     measurer: Optional[FileMeasurer] = None,
     data: Optional[CriterionData] = None,
+    timed_with: Sequence[KernelKey] = (),
 ) -> list[CalibrationPoint]:
-    """Measure each plan's model end to end and pair it with its kernel sum from the table."""
+    """Measure each plan's model end to end and pair it with its kernel sum from the table.
+
+    Kernels in ``timed_with`` are timed in the same interleaved rounds as the models and
+    their rows written (replacing older ones): kernel sums and whole models then share the
+    machine's conditions, which matters for a few large kernels (transformer layers) whose
+    isolated timings otherwise miss a share that depends on the load of the moment. Such
+    kernels take no layout columns (they run in plain layouts).
+    """
     pruned = [deployable(apply_plan(model, plan, units, example_input, channel_multiples, calibration=data), example_input) for _, plan in plans]
     x = batched(example_input, device.batch_size)
-    stats = measure_models(device, [lambda m=m: (m, x) for m in pruned], rounds=rounds, measurer=measurer)
+    backend = get_backend(device.backend)
+    writes = kernel_writes(device, list(timed_with)) + [model_writer(backend, lambda m=m: (m, x)) for m in pruned]
+    stats = measure_files(device, writes, rounds=rounds, measurer=measurer)
+    if timed_with:
+        table.append([(k, s, {}) for k, s in zip(timed_with, stats)])
+        stats = stats[len(timed_with) :]
     points = []
     for (label, _), m, s in zip(plans, pruned, stats):
         kernels = table.lookup(extract_kernels(m, example_input))

@@ -98,8 +98,12 @@ def fit_calibration(points: list[CalibrationPoint], overhead_ms: float, source: 
     Fits the per-kernel cost (an intercept when every point has the same kernel count),
     the scale of the kernel sum and the cost per megabyte of weights; a term is dropped
     when the points cannot tell it apart or it comes out negative (a kernel sum or more
-    weights never make a network faster). With fewer than three points only the
-    per-kernel cost is fitted.
+    weights never make a network faster). With fewer than three points, or when even the
+    scale comes out negative, only the per-kernel cost is fitted. Points with different
+    kernel counts (variants of other depths) also try the kernel sum's scale alone and keep
+    whichever form predicts left-out points better: when whole layers of a few large
+    kernels go, the kernel count and the kernel sum move together, and a per-kernel cost
+    fitted to noise can swing the scale.
     """
     if not points:
         return Calibration(overhead_ms=overhead_ms, per_kernel_ms=-overhead_ms, scale=1.0, source="default")
@@ -107,9 +111,13 @@ def fit_calibration(points: list[CalibrationPoint], overhead_ms: float, source: 
     s = np.array([p.kernel_sum_ms for p in points], dtype=float)
     w = np.array([p.weight_mb for p in points], dtype=float)
     y = np.array([p.measured_ms for p in points], dtype=float) - overhead_ms
-    if len(points) < 3 or np.ptp(s) < 1e-9:
+
+    def per_kernel_only() -> Calibration:
         per_kernel = float(np.mean((y - s) / np.maximum(n, 1)))
         return Calibration(overhead_ms=overhead_ms, per_kernel_ms=per_kernel, scale=1.0, points=len(points), source=source)
+
+    if len(points) < 3 or np.ptp(s) < 1e-9:
+        return per_kernel_only()
     one_model = np.ptp(n) == 0
     base = np.ones_like(n) if one_model else n
     terms = ["sum", "mb"] if len(points) >= 5 and np.ptp(w) > 1e-9 else ["sum"]
@@ -120,11 +128,28 @@ def fit_calibration(points: list[CalibrationPoint], overhead_ms: float, source: 
         if fitted.get("mb", 0.0) >= 0 and fitted.get("sum", 1.0) > 0 or terms == ["sum"]:
             break
         terms = ["sum"]
+    if fitted["sum"] <= 0:
+        return per_kernel_only()
     per_kernel = float(coef[0] / max(n[0], 1)) if one_model else float(coef[0])
+    if not one_model and len(points) >= 4:
+        full = np.stack(columns, axis=1)
+        if _left_out_error(s[:, None], y) < _left_out_error(full, y):
+            scale = float(np.linalg.lstsq(s[:, None], y, rcond=None)[0][0])
+            return Calibration(overhead_ms=overhead_ms, per_kernel_ms=0.0, scale=scale, points=len(points), source=source)
     return Calibration(
         overhead_ms=overhead_ms, per_kernel_ms=per_kernel, scale=float(fitted.get("sum", 1.0)),
         per_mb_ms=float(fitted.get("mb", 0.0)), points=len(points), source=source,
     )
+
+
+def _left_out_error(columns: np.ndarray, y: np.ndarray) -> float:
+    """Mean absolute error of each point predicted by a least-squares fit on the others."""
+    errors = []
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        coef, *_ = np.linalg.lstsq(columns[keep], y[keep], rcond=None)
+        errors.append(abs(float(columns[i] @ coef) - y[i]))
+    return float(np.mean(errors))
 
 
 class TableMeta(BaseModel):
