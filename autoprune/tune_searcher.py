@@ -12,14 +12,15 @@ a Tune experiment of your own::
 
     searcher = ControllerSearcher(controller, max_trials=64)
     tuner = tune.Tuner(
-        tune.with_parameters(trainable, context=[ray.put(ctx)]),
+        tune.with_parameters(trainable, context=[ray.put(ctx)], objectives=controller.objectives),
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, max_concurrent_trials=8),
     )
     tuner.fit()
     searcher.records  # one TrialResult per trial, in the order they finished
 
-``autoprune search --backend ray`` (:mod:`autoprune.ray_executor`) uses the same two pieces
-and adds the study directory, resume and multi-fidelity stopping.
+``autoprune search --backend ray`` (:mod:`autoprune.ray_executor`) runs the same trainable
+with this searcher (Tune's ``OptunaSearch`` for the Optuna samplers) inside a searcher that
+keeps the study directory, and adds resume and multi-fidelity stopping.
 """
 from __future__ import annotations
 

@@ -147,6 +147,10 @@ def main() -> None:
         f"Ray Tune's overhead per trial (1 in flight, `executor_s_per_trial` of Ray minus that of the local executor):"
         f" **{overhead_s * 1000:.0f} ms = {overhead:.1%}** of a trial's {local.trial_s:.2f} s"
         f" (goal: at most {GOAL:.0%}; per round: {', '.join(f'{p:.1%}' for p in paired)}).",
+        f"Steady wall time per trial, Ray (1 in flight) against local: {ray1.wall_per_trial_s / local.wall_per_trial_s - 1:+.1%},"
+        f" of which the trials' own time inside `run_trial`: {ray1.trial_s / local.trial_s - 1:+.1%}"
+        " (the same plans: a difference there is the machine's load at the time, or the driver's and Ray's processes"
+        " taking CPU from the trial on this 2-core machine).",
         f"One-time costs: building the context {setup_s:.2f} s; starting the local Ray cluster {cluster_s:.1f} s.",
         "",
         "Two trials in flight on 2 cores share them with everything else running on the machine (see the load below),"
