@@ -17,6 +17,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 demo: env
 	$(BIN)/autoprune search examples/digits_demo.yaml
+	$(BIN)/autoprune front runs/digits-demo --measure
 
 test: env
 	$(BIN)/python -m pytest -q

@@ -3,7 +3,7 @@
 "Everything else" is the search's own cost: applying the plan, counting parameters and
 MACs, the controller's ask/tell, writing the records. Run:
 
-    python -m bench.overhead [--config examples/digits_demo.yaml] [--trials 16]
+    python -m bench.overhead [--config examples/digits_demo.yaml] [--trials 16] [--latency measured]
 
 Writes bench/results/overhead.md and overhead.csv.
 """
@@ -30,15 +30,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="examples/digits_demo.yaml")
     parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--latency", choices=["auto", "lut", "measured"], help="override the config's latency method")
     args = parser.parse_args()
     torch.set_num_threads(1)
     machine = machine_markdown()
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = load_config(args.config, study_dir=str(Path(tmp) / "study"), budget={"trials": args.trials}, latency="measured")
+        overrides = {"latency": args.latency} if args.latency else {}
+        config = load_config(args.config, study_dir=str(Path(tmp) / "study"), budget={"trials": args.trials}, **overrides)
         t = time.perf_counter()
         ctx = build_context(config)
         setup_s = time.perf_counter() - t
+        methods = ", ".join(f"{d}: {est.method}" for d, est in ctx.estimators.items())
         stamps = []
         t0 = time.perf_counter()
         study = run_study(config, progress=False, context=ctx, on_trial=lambda r: stamps.append(time.perf_counter()))
@@ -70,7 +73,7 @@ def main() -> None:
         "# Time per trial",
         "",
         f"Config `{args.config}`, {len(evaluated)} evaluated trials after the first ({len(df) - len(evaluated)} repeated plans reused),"
-        f" latency measured on the device (no lookup table). One-time set-up (task, dependency graph, estimators): {setup_s:.2f} s.",
+        f" controller `{config.controller}`, latency `{methods}`. One-time set-up (task, dependency graph, estimators): {setup_s:.2f} s.",
         "",
         summary.to_markdown(index=False, floatfmt=".3f"),
         "",
