@@ -26,13 +26,16 @@ from pathlib import Path
 import torch
 
 from autoprune.config import load_config
-from autoprune.controllers.compare import EvaluationCache, Reference, compare_controllers, rescore, verdicts, write_results
+from autoprune.context import build_context
+from autoprune.controllers.compare import EvaluationCache, Reference, compare_controllers, rescore, reseed, verdicts, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 CONFIG = ROOT / "examples" / "fashion_mnist_controllers.yaml"
 FIRST = ["uniform", "random", "evolution", "rl"]
 THEN = ["nsga2", "tpe"]
+#: Extra fine-tune seeds for the best plans at 2x of uniform, evolution and rl.
+RESEEDS = 4
 
 NOTES = """
 - Budget: every run asks for the same number of trials; repeated plans are answered from
@@ -45,18 +48,29 @@ NOTES = """
   by that noise (controllers that evaluate more distinct plans near a speedup get more
   draws). Compare controllers by the hypervolume over the whole front first.
 - Speedups are relative to the dense model's latency from the same estimator.
-- Why no controller is a point above uniform at 2x: with kept channels rounded to
-  multiples of 8, no plan of this space is predicted much faster than 2.3x, so 2x is at the
-  edge of the reachable range, where every unit keeps about half its channels or fewer.
-  Uniform 0.5 keeps every unit at exactly half (8/16/32 channels, all aligned) and prunes
-  none harder; the controllers' plans at 2x prune some units harder (0.7) to keep more
-  channels in others (0.2-0.3), and after a 40-step fine-tune that costs about what it
-  gains. Scored on the whole test split (table below) the gap is smaller than on the 1k
-  subset but still there: uniform 84.3%, rl 83.7% (its seed-0 plan 84.7%), evolution
-  83.3%. Seeding all nine uniform plans
-  (``warm_start: 9``, bench/results/controllers_warm9.md) puts uniform's plans into the
-  population and the replay buffer: both controllers then match uniform at 2x and reach a
-  higher hypervolume than with the default five, but still find no plan a point above.
+- Hardware-aware controllers: `evolution` and `rl` get a cost model
+  (`autoprune/cost_model.py`): the plan's latency predicted from the same lookup table,
+  plus its parameters and MACs, in about 0.1 s (prune 0.02 s, kernel look-up 0.07-0.15 s,
+  counts 0.01 s on this CPU) against 4-20 s for a trial here; cached by plan key; its time
+  is part of `controller_s`. Evolution aims three children in four at 1.5x or 2x (3x is
+  beyond every plan of this space and is skipped): it screens 16 candidate children of
+  parents that already meet the target and proposes the one in [t, 1.1 t] that keeps the
+  most parameters. RL moves its anchor until the episode's plan is predicted within its
+  budget (AMC's action clipping). Both treat plans that prune to the same network (same
+  predicted costs; kept channels are rounded to multiples of 8, so many ratio settings
+  coincide) as repeats. nsga2, tpe, random and uniform do not use it, and their runs are
+  those of the previous comparison (same cache, same recipe).
+- Before the cost model (same recipe, same cache), best accuracy at 2x was evolution
+  84.25% and rl 84.85% against uniform's 86.30%, with hypervolumes 0.0434 and 0.0434.
+  A first version of the targeted evolution, without the same-network check, spent 11 of
+  its 48 trials on one network at 2.02x spelled with different ratios.
+- Why the 2x check still fails (if it does, above): the margin asked for is about the
+  size of the fine-tune noise of one evaluation. That network at 2.02x, fine-tuned 11
+  times with different seeds, scored 85.7% +- 0.65 (84.2-86.5%) on the 1k subset; the
+  uniform 0.5 plan (2.15x) is one draw of the same kind. With kept channels rounded to
+  multiples of 8 no plan is predicted much faster than 2.4x, so at 2x every unit keeps
+  about half its channels and the plans differ little; the re-seeded table below shows
+  how the best plans at 2x compare when each is fine-tuned again with other seeds.
 """
 
 
@@ -116,12 +130,16 @@ def main() -> None:
             print(f"  {controller} seed {seed} #{record.number}: acc {record.accuracy}, "
                   f"{record.timings.get('total_s', 0):.1f} s", flush=True)
 
-    common = dict(budget=budget, seeds=seeds, work_dir=work, reference=Reference(), order="seed", on_run=on_run, on_trial=on_trial)
+    ctx = build_context(config)
+    common = dict(budget=budget, seeds=seeds, work_dir=work, reference=Reference(), order="seed", on_run=on_run,
+                  on_trial=on_trial, context=ctx)
     comparison = compare_controllers(config, FIRST, **common)
     comparison = compare_controllers(config, FIRST + THEN, **common)
     if not args.smoke:
         rows = rescore(config, comparison, 2.0, {"val_size": None}, EvaluationCache(work / "rescored_full_test.jsonl"))
         notes += rescored_notes(rows)
+        again = reseed(ctx, comparison, 2.0, RESEEDS, ["uniform", "evolution", "rl"], work / "reseeded_2x.jsonl")
+        notes += reseeded_notes(again)
         write_results(comparison, out, stem, notes)
     for line in verdicts(comparison):
         print(line)
@@ -145,6 +163,32 @@ def rescored_notes(rows: list[dict]) -> str:
     for r in rows:
         means.setdefault(r["controller"], []).append(r["accuracy_rescored"])
     lines += ["", "Mean over seeds (10k): " + ", ".join(f"{c} {100 * sum(v) / len(v):.2f}%" for c, v in means.items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def reseeded_notes(rows: list[dict]) -> str:
+    """A markdown section: the best plans at 2x fine-tuned again with other seeds."""
+    import numpy as np
+
+    lines = [
+        "",
+        f"### Best plan at 2x, fine-tuned again with {RESEEDS} other seeds (1k subset)",
+        "",
+        "Same plan and data, other fine-tune seeds; the search's own score is one draw of these.",
+        "",
+        "| controller | seed | accuracy (search) | mean of other seeds | std | min | max |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for r in rows:
+        runs.setdefault((r["controller"], r["seed"]), []).append(r)
+    means: dict[str, list[float]] = {}
+    for (controller, seed), rs in runs.items():
+        acc = np.array([r["accuracy"] for r in rs], dtype=float)
+        means.setdefault(controller, []).append(float(acc.mean()))
+        lines.append(f"| {controller} | {seed} | {100 * rs[0]['accuracy_search']:.2f} | {100 * acc.mean():.2f} | "
+                     f"{100 * acc.std(ddof=1):.2f} | {100 * acc.min():.2f} | {100 * acc.max():.2f} |")
+    lines += ["", "Mean over runs (other seeds): " + ", ".join(f"{c} {100 * sum(v) / len(v):.2f}%" for c, v in means.items()) + "."]
     return "\n".join(lines) + "\n"
 
 

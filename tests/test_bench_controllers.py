@@ -53,3 +53,20 @@ def test_summary_counts_each_plan_once_and_reads_speedups_from_the_dense_latency
     assert stats["best"] == {1.5: 0.88, 2.0: 0.85, 3.0: 0.7}
     # points (acc, latency fraction) a=(0.88, 0.6), b=(0.85, 0.45); c is below the reference accuracy 0.8
     assert stats["hypervolume"] == pytest.approx((1 - 0.6) * (0.88 - 0.85) + (1 - 0.45) * (0.85 - 0.8))
+
+
+def test_reseed_fine_tunes_the_best_plans_again_once(tmp_path):
+    from autoprune.context import build_context
+    from autoprune.controllers.compare import compare_controllers, reseed
+
+    config = load_config(write_config(tmp_path))
+    ctx = build_context(config)
+    comparison = compare_controllers(config, ["uniform"], budget=2, seeds=[0], work_dir=tmp_path / "work", context=ctx)
+    path = tmp_path / "work" / "reseeded.jsonl"
+    rows = reseed(ctx, comparison, speedup=0.0, seeds=2, path=path)
+    best = max(comparison.records[("uniform", 0)], key=lambda r: r.accuracy)
+    assert [(r["controller"], r["k"], r["plan_key"]) for r in rows] == [("uniform", 1, best.plan_key), ("uniform", 2, best.plan_key)]
+    assert all(0 <= r["accuracy"] <= 1 and r["accuracy_search"] == best.accuracy for r in rows)
+    assert len(path.read_text().splitlines()) == 2
+    assert reseed(ctx, comparison, speedup=0.0, seeds=2, path=path) == rows
+    assert len(path.read_text().splitlines()) == 2, "kept rows are not recomputed"
