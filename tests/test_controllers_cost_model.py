@@ -68,16 +68,24 @@ def test_no_cost_model_for_measured_latency_only(tmp_path: Path):
 def test_evolution_with_a_real_cost_model_aims_at_the_target(lut_context):
     """Plans scored by their real predicted latency (accuracy a closed form of the kept
     parameters): with the cost model more children meet the target speedup than without.
-    (On this tiny model most pruned plans are slower than dense on ONNX Runtime.)"""
+    The target is the speedup one random plan in five reaches under the current table (on
+    this tiny model many pruned plans are slower than dense on ONNX Runtime)."""
+    from autoprune.controllers.base import random_plan
+
     config, ctx = lut_context
     objectives = build_objectives(config.objectives, config.devices)
     model = cost_model_for(ctx, objectives)
     dense_ms = model.dense["latency_ms.onnxruntime-cpu"]
+    rng = np.random.default_rng(0)
+    drawn = [dense_ms / model(random_plan(ctx.space, rng))["latency_ms.onnxruntime-cpu"] for _ in range(30)]
+    target = float(np.quantile(drawn, 0.8))  # what one random plan in five reaches, whatever the table
+    if target <= 1.0:
+        pytest.skip("no pruned plan of this space is predicted faster than dense with this table")
 
     def run(cost_model) -> list[TrialResult]:
         controller = CONTROLLERS.get("evolution")(
             ctx.space, objectives, seed=0, cost_model=cost_model,
-            population_size=6, warm_start=3, targets=[1.5], target_prob=1.0, candidates=16, band=0.3,
+            population_size=6, warm_start=3, targets=[target], target_prob=1.0, candidates=16, band=0.3,
         )
         records = []
         for number in range(18):
@@ -92,7 +100,7 @@ def test_evolution_with_a_real_cost_model_aims_at_the_target(lut_context):
 
     aware, blind = run(model), run(None)
     assert all(violations(Plan.from_dict(r.plan), ctx.space) == [] for r in aware + blind)
-    meeting = lambda rs: int(np.sum(speedups(rs[6:], "onnxruntime-cpu", dense_ms) >= 1.5))  # noqa: E731
+    meeting = lambda rs: int(np.sum(speedups(rs[6:], "onnxruntime-cpu", dense_ms) >= target))  # noqa: E731
     assert meeting(aware) >= 4 and meeting(aware) > meeting(blind)
     assert len({model(Plan.from_dict(r.plan))["params"] for r in aware}) == len(aware), "one network, one trial"
 
