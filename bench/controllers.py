@@ -71,6 +71,13 @@ NOTES = """
   multiples of 8 no plan is predicted much faster than 2.4x, so at 2x every unit keeps
   about half its channels and the plans differ little; the re-seeded table below shows
   how the best plans at 2x compare when each is fine-tuned again with other seeds.
+- What the cost model changed in the run of 2026-11-24: at 2x, evolution went from 84.25%
+  to 86.45% and rl from 84.85% to 86.25% (uniform 86.30%), hypervolumes stayed above
+  random's (0.0433 and 0.0439 against 0.0395). Re-scored on the whole test split the best
+  plans at 2x are now above uniform's (evolution 84.71%, rl 84.77%, uniform 84.28%; before
+  83.26% and 83.73%), and fine-tuned with four other seeds they average about half a point
+  above it (evolution 85.74%, rl 85.70%, uniform 85.25%): better plans, but not by the
+  point the issue asks for, and not by more than one evaluation's noise.
 """
 
 
