@@ -175,7 +175,7 @@ def profile(
     reused = len(keys) - len(todo)
     signature, family = architecture(extract_kernels(model, example_input), model, example_input)
     have = [p for p in table.meta.calibration if p.family == family]
-    joint = is_transformer(model) and not have
+    joint = is_transformer(model) and not have and calibration > 0
     if progress:
         progress(0, len(todo))
     for i in range(0, len(todo) if not joint else 0, chunk):
