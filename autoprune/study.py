@@ -61,7 +61,8 @@ class Study:
         space_text = space_source.read_text()
         data["search_space"] = SPACE_FILE
         if self.exists():
-            old = yaml.safe_load(self.config_file.read_text()) or {}
+            old = self.config().model_dump(mode="json")  # options added since the study began take their defaults
+            old["search_space"] = SPACE_FILE
             changed = [k for k in data if k not in MUTABLE_KEYS and old.get(k) != data[k]]
             old_space = self.path / SPACE_FILE
             if old_space.is_file() and yaml.safe_load(old_space.read_text()) != yaml.safe_load(space_text):

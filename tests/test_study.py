@@ -48,6 +48,16 @@ def test_changing_what_is_searched_refuses_to_mix_studies(tmp_path):
         run_study(load_config(write_config(tmp_path, devices=["torch-cpu"])), progress=False)
 
 
+def test_a_study_saved_before_an_option_existed_resumes_with_its_default(tmp_path):
+    config = load_config(write_config(tmp_path, budget={"trials": 1}))
+    study = run_study(config, progress=False)
+    saved = study.config_file.read_text()
+    assert "device: auto" in saved
+    study.config_file.write_text("".join(line for line in saved.splitlines(keepends=True) if line.strip() != "device: auto"))
+    more = load_config(write_config(tmp_path, budget={"trials": 2}))
+    assert [r.number for r in run_study(more, progress=False).records()] == [0, 1]
+
+
 def test_killed_search_resumes_with_no_trial_lost_or_run_twice(tmp_path):
     config_path = write_config(tmp_path, budget={"trials": 8}, finetune={"epochs": 0.5})
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
