@@ -14,7 +14,10 @@ medians and the spread of round medians (noise). Size: the exported file, and th
 file gzip-compressed (masks leave zeros that only compression, or a sparse format, turns
 into bytes saved).
 
-Run: ``python -m bench.granularity [--quick] [--parts cnn|minilm]``; results go to
+Part 3 (``--parts minilm-lut``): MiniLM latency predicted from a device latency table
+profiled over ``search_spaces/transformer_minilm.yaml``, against measurement.
+
+Run: ``python -m bench.granularity [--quick] [--parts cnn|minilm|minilm-lut]``; results go to
 ``bench/results/granularity.{md,csv}`` (``granularity_PART.*`` for one part), rows written as they come.
 """
 from __future__ import annotations

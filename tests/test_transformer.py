@@ -202,3 +202,28 @@ def test_transformer_kernel_keys_cover_the_space_and_the_table_predicts_pruned_m
     calibration = estimator.calibration(kernels, heads, IDS)
     assert estimator.latency_ms(heads, IDS) == pytest.approx(calibration.predict(len(kernels), kernel_sum(estimator.table, kernels), weight_mb(kernels)))
     assert estimator.measured_on_demand == 0
+
+
+@pytest.mark.tflite
+def test_transformer_kernels_profile_on_litert(tiny_bert, tmp_path):
+    from autoprune.devices import load_device
+    from autoprune.lut import LUTEstimator, load_table, profile
+    from autoprune.search_space import SearchSpace
+
+    from .test_lut import make_device
+
+    ok, why = get_backend("tflite").available()
+    if not ok:
+        pytest.skip(why)
+    units = {u.name: u for u in search_units(tiny_bert, IDS, ())}
+    rules = [{"match": "*.attention.self", "granularities": ["head"], "pruning_ratio": {"high": 0.5, "step": 0.5}}]
+    space = SearchSpace.model_validate({"rules": rules, "protect": []}).resolve(list(units.values()))
+    units = {n: u for n, u in units.items() if n in space}
+    make_device(tmp_path, "tflite", backend="tflite")
+    device = load_device("tflite", tmp_path)
+    report = profile(device, tiny_bert, IDS, units, space, calibration=3, rounds=1)
+    table = load_table(device)
+    assert report.keys == len(table) == 4 and {r["op"] for r in table.rows.values()} == {"embed", "attention", "ffn"}
+    estimator = LUTEstimator(device, measure_missing=False)
+    pruned = apply_plan(tiny_bert, Plan.from_dict({n: UnitChoice("head", 0.5) for n in units}), units, IDS)
+    assert estimator.latency_ms(pruned, IDS) > 0 and estimator.measured_on_demand == 0
