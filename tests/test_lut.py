@@ -103,6 +103,11 @@ def test_table_round_trip_and_version_warning(tmp_path):
     assert KernelKey.from_dict(again.rows[key.id]) == key
     assert again.meta.calibration == table.meta.calibration
     assert again.meta.machine["cores"] >= 1 and again.meta.versions == {"onnxruntime": "0.0.1"}
+    # a table profiled on another CPU warns that it describes that CPU, not this one
+    again.meta.machine["cpu"] = "Some Other CPU @ 1.0GHz"
+    again.save_meta()
+    with pytest.warns(LatencyTableWarning, match="CPU 'Some Other CPU @ 1.0GHz' \\(table\\) vs"):
+        load_table(device)
     # a table measured with other settings than device.yaml says is refused
     (device.path / "device.yaml").write_text(yaml.safe_dump({"name": "onnxruntime-cpu", "backend": "onnxruntime-cpu", "threads": 2}))
     with pytest.raises(ConfigError, match="threads"):

@@ -402,7 +402,8 @@ def installed_versions(backend: str) -> dict[str, str]:
 
 
 def check_table_versions(table: LatencyTable, device: DeviceProfile) -> list[str]:
-    """Warn when the table's runtime versions differ from the installed ones; returns the differences."""
+    """Warn when a local device's table was measured on another CPU or with other runtime
+    versions than this machine's; returns the differences."""
     if not device.local:
         return []
     now_versions = installed_versions(device.backend)
@@ -411,9 +412,12 @@ def check_table_versions(table: LatencyTable, device: DeviceProfile) -> list[str
         for name, was in table.meta.versions.items()
         if name in now_versions and now_versions[name] != was
     ]
+    table_cpu, this_cpu = table.meta.machine.get("cpu"), machine_info()["cpu"]
+    if table_cpu and this_cpu and table_cpu != this_cpu:
+        diffs.insert(0, f"CPU {table_cpu!r} (table) vs {this_cpu!r} (this machine)")
     if diffs:
         warnings.warn(
-            f"{table.meta_path}: measured with other versions: {'; '.join(diffs)}; "
+            f"{table.meta_path}: measured elsewhere or with other versions: {'; '.join(diffs)}; "
             f"check it still holds with `autoprune lut validate --device {device.name}` or re-profile",
             LatencyTableWarning,
             stacklevel=3,
