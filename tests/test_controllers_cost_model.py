@@ -2,6 +2,7 @@
 hardware-aware controllers using it (and working without it)."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from autoprune.plan import Plan
 from autoprune.study import Study
 from autoprune.testing.controllers import TOY_DEVICE, ToyCostModel, run_toy, toy_objectives, toy_space
 from autoprune.trial import TrialResult, run_trial
-from tests.conftest import write_config
+from tests.conftest import REPO, write_config
 
 
 def speedups(records, device: str, dense_ms: float) -> np.ndarray:
@@ -27,13 +28,22 @@ def speedups(records, device: str, dense_ms: float) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def lut_context(tmp_path_factory: pytest.TempPathFactory):
-    """The digits ResNet under search_spaces/cnn_channel.yaml, latency from the shipped onnxruntime-cpu table."""
+    """The tiny digits ResNet under search_spaces/cnn_channel.yaml, latency from an
+    onnxruntime-cpu table profiled for it here (in a profiles folder of the test's own)."""
+    from autoprune.devices import load_device
+    from autoprune.lut import profile
+
     tmp = tmp_path_factory.mktemp("lut")
+    (tmp / "profiles" / "onnxruntime-cpu").mkdir(parents=True)
+    shutil.copy(REPO / "device_profiles" / "onnxruntime-cpu" / "device.yaml", tmp / "profiles" / "onnxruntime-cpu" / "device.yaml")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("AUTOPRUNE_PROFILES", str(tmp / "profiles"))
+    measured = build_context(load_config(write_config(tmp, latency="measured")))
+    profile(load_device("onnxruntime-cpu"), measured.task.model, measured.task.example_input, measured.units, measured.space, calibration=6, rounds=1)
     config = load_config(write_config(tmp, latency="lut", finetune={"epochs": 0.05, "batch_size": 64}))
     ctx = build_context(config)
-    if ctx.estimators["onnxruntime-cpu"].method != "lut":
-        pytest.skip("no onnxruntime-cpu lookup table for this model")
-    return config, ctx
+    yield config, ctx
+    patch.undo()
 
 
 def test_cost_model_predicts_what_the_trial_records(lut_context):
