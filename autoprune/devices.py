@@ -3,6 +3,7 @@ model, with how many threads, at which batch size and dtype, plus its latency ta
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -12,6 +13,17 @@ from .errors import ConfigError
 from .yamlio import load_model
 
 PROFILE_FILE = "device.yaml"
+
+
+def cpu_model() -> str:
+    """This machine's CPU model as the OS names it (``/proc/cpuinfo``), else what Python knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 class DeviceProfile(BaseModel):

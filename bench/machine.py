@@ -6,15 +6,7 @@ import platform
 from datetime import datetime, timezone
 from importlib import metadata
 
-
-def _cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from autoprune.devices import cpu_model
 
 
 def _version(package: str) -> str:
@@ -29,7 +21,7 @@ def machine_info() -> dict[str, str]:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     info = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": str(os.cpu_count()),
         "load_1min_at_start": f"{load:.2f}",
         "os": platform.platform(),

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..config import Config
 from ..cost_model import CostModelFn, cost_model_for
+from ..devices import cpu_model
 from ..errors import ConfigError
 from ..objectives import build_objectives
 from ..pareto import hypervolume_2d, pareto_mask
@@ -418,14 +419,6 @@ def reseed(
 
 def describe_machine() -> dict[str, str]:
     """CPU model, cores, Python and library versions, date: the header of a benchmark result."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     versions = {}
     for package in ("torch", "torch-pruning", "optuna", "onnxruntime", "numpy"):
         try:
@@ -433,7 +426,7 @@ def describe_machine() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[package] = "not installed"
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": str(os.cpu_count()),
         "python": platform.python_version(),
         **versions,

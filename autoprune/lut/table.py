@@ -27,7 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..backends import LatencyStats
-from ..devices import DeviceProfile
+from ..devices import DeviceProfile, cpu_model
 from ..errors import ConfigError
 from .keys import Kernel, KernelKey
 
@@ -185,15 +185,7 @@ def now() -> str:
 def machine_info() -> dict[str, Any]:
     """CPU model, cores, caches, OS and load of this machine, for the metadata (the cache
     sizes say which networks stream their weights; the load how noisy the timings were)."""
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "system": f"{platform.system()} {platform.release()}", "python": platform.python_version()}
+    info: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(), "system": f"{platform.system()} {platform.release()}", "python": platform.python_version()}
     for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
         try:
             level, kind = (index / "level").read_text().strip(), (index / "type").read_text().strip()
