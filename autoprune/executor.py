@@ -59,13 +59,10 @@ def budget_left(config: Config, done: int, started: float) -> bool:
     return (trials is None or done < trials) and (timeout is None or time.monotonic() - started < timeout)
 
 
-def run_study(
-    config: Config,
-    progress: bool = True,
-    context: Optional[TrialContext] = None,
-    on_trial: Optional[Callable[[TrialResult], None]] = None,
-) -> Study:
-    """Run (or resume) the study ``config`` describes, locally, until the budget is spent."""
+def open_study(config: Config, context: Optional[TrialContext] = None) -> tuple[Study, TrialContext, list[TrialResult], Controller]:
+    """What every executor starts from: the study directory (created, or checked against the
+    config), the trial context, the dense baseline, the records so far, and the controller
+    caught up with them."""
     study = Study(config.study_dir)
     study.initialise(config)
     ctx = context or build_context(config)
@@ -74,6 +71,17 @@ def run_study(
     records = study.records()
     controller = make_controller(config, ctx.space, study, ctx)
     controller.resume(records)
+    return study, ctx, records, controller
+
+
+def run_study(
+    config: Config,
+    progress: bool = True,
+    context: Optional[TrialContext] = None,
+    on_trial: Optional[Callable[[TrialResult], None]] = None,
+) -> Study:
+    """Run (or resume) the study ``config`` describes, locally, until the budget is spent."""
+    study, ctx, records, controller = open_study(config, context)
     evaluated = {r.plan_key: r for r in records if r.state == COMPLETE}
     rule = DominanceRule(config.stopping, load_reports(study.path, records)) if config.stopping else None
     started = time.monotonic()

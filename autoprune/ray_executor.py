@@ -37,11 +37,10 @@ from ray.tune.search import Searcher
 from tqdm.auto import tqdm
 
 from .config import Config
-from .context import build_context, dense_baseline
 from .controllers import Controller
 from .controllers.optuna_samplers import OptunaController, distributions, params_to_plan
 from .errors import AutopruneError
-from .executor import budget_left, make_controller
+from .executor import budget_left, open_study
 from .front import device_front
 from .objectives import build_objectives
 from .plan import Plan
@@ -315,14 +314,7 @@ def run_study_ray(
     on_trial: Optional[Callable[[TrialResult], None]] = None,
 ) -> Study:
     """Run (or resume) the study ``config`` describes on Ray Tune, until the budget is spent."""
-    study = Study(config.study_dir)
-    study.initialise(config)
-    ctx = context or build_context(config)
-    if study.baseline() is None:
-        study.save_baseline(dense_baseline(ctx))
-    records = study.records()
-    controller = make_controller(config, ctx.space, study, ctx)
-    controller.resume(records)
+    study, ctx, records, controller = open_study(config, context)
     started_here = connect(options)
     try:
         width = concurrency(options)
