@@ -9,27 +9,45 @@ import torch
 from .config import Config
 from .devices import load_device
 from .errors import ConfigError
-from .latency import estimator_for
+from .latency import LatencyEstimator, estimator_for
 from .metrics import macs, nonzero_params
 from .search_space import SearchSpace
 from .structure import with_structure_units
-from .tasks import load_task
+from .tasks import load_task, task_function
 from .trial import TrialContext
 from .units import prunable_units
 
 
-def build_context(config: Config) -> TrialContext:
-    """Task, bound search space, units and one latency estimator per device."""
-    task = load_task(config.task, **config.task_options)
+def check_inputs(config: Config) -> tuple[SearchSpace, dict[str, LatencyEstimator]]:
+    """What can be checked before the task is built (which may train the dense model): the
+    task's name and options, the search-space file, every device and its latency table.
+    Returns the search space and one latency estimator per device."""
+    task_function(config.task, config.task_options)
     space_path = config.search_space_path()
+    if not space_path.is_file():
+        raise ConfigError(f"search_space: file {config.search_space!r} not found (looked beside the config and in search_spaces/)")
     space = SearchSpace.load(space_path)
+    estimators = {}
+    for i, name in enumerate(config.devices):
+        try:
+            estimators[name] = estimator_for(load_device(name), config.latency)
+        except ConfigError as err:
+            raise ConfigError(f"devices[{i}]: {err}") from None
+    return space, estimators
+
+
+def build_context(config: Config) -> TrialContext:
+    """Task, bound search space, units and one latency estimator per device; cheap checks
+    (:func:`check_inputs`) come before the task is built."""
+    space, estimators = check_inputs(config)
+    space_path = config.search_space_path()
+    task = load_task(config.task, **config.task_options)
     layer_names = [n for n, _ in task.model.named_modules() if n]
     for i, pattern in enumerate(space.protect):
         if pattern not in ("stem", "classifier") and not any(fnmatch.fnmatchcase(n, pattern) for n in layer_names):
             raise ConfigError(f"{space_path}: protect[{i}] {pattern!r} matches no layer of the model")
     units = with_structure_units(task.model, task.example_input, prunable_units(task.model, task.example_input, space.protect), space.protect)
     bound = space.resolve(units)
-    estimators = {name: estimator_for(load_device(name), config.latency) for name in config.devices}
     return TrialContext(task, {u.name: u for u in units if u.name in bound}, bound, estimators, config.finetune, config.seed)
 
 

@@ -2,26 +2,46 @@
 
 Re-running the same study resumes it: earlier records are kept and told to the
 controller, and only the remaining budget is run. A plan evaluated before is not
-evaluated again; its record is reused.
+evaluated again: the controller is told its earlier result, and the repeat does not
+count against the budget.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import time
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from tqdm.auto import tqdm
 
 from .config import Config
 from .context import build_context, dense_baseline
 from .controllers import CONTROLLERS, Controller
+from .controllers.base import option_names
+from .errors import ConfigError
 from .cost_model import CostModelFn, cost_model_for
 from .front import device_front
 from .objectives import build_objectives
 from .search_space import UnitSpace
 from .stopping import DominanceRule, TrialMonitor, append_reports, load_reports
-from .study import Study
+from .study import Study, study_lock
 from .trial import COMPLETE, FAILED, STOPPED, TrialContext, TrialResult, run_trial
+
+log = logging.getLogger(__name__)
+
+#: Proposals of already evaluated plans in a row after which a run ends (the space is likely exhausted).
+MAX_REPEATS = 50
+
+
+def check_controller_options(config: Config) -> None:
+    """Unknown ``controller_options`` keys are a config error, found before any work."""
+    known = option_names(CONTROLLERS.get(config.controller))
+    unknown = sorted(set(config.controller_options) - known)
+    if unknown:
+        raise ConfigError(
+            f"controller_options: unknown option {unknown[0]!r} for controller {config.controller!r}; known: {', '.join(sorted(known)) or 'none'}"
+        )
 
 
 def make_controller(
@@ -37,6 +57,7 @@ def make_controller(
     latency per lookup-table device, params, MACs; see :mod:`autoprune.cost_model`),
     unless ``cost_model`` is given.
     """
+    check_controller_options(config)
     options = dict(config.controller_options)
     if config.storage is not None:
         options.setdefault("storage", config.storage)
@@ -59,19 +80,30 @@ def budget_left(config: Config, done: int, started: float) -> bool:
     return (trials is None or done < trials) and (timeout is None or time.monotonic() - started < timeout)
 
 
-def open_study(config: Config, context: Optional[TrialContext] = None) -> tuple[Study, TrialContext, list[TrialResult], Controller]:
-    """What every executor starts from: the study directory (created, or checked against the
-    config), the trial context, the dense baseline, the records so far, and the controller
-    caught up with them."""
+@contextlib.contextmanager
+def open_study(config: Config, context: Optional[TrialContext] = None) -> Iterator[tuple[Study, TrialContext, list[TrialResult], Controller]]:
+    """What every executor starts from, held for one writer while the block runs: the
+    study directory (created, or checked against the config), the trial context, the dense
+    baseline, the records so far, and the controller caught up with them.
+
+    Everything that can be checked is checked before the study's files are written, so a
+    config error leaves nothing that would block the corrected command: controller options
+    and study-wide settings first, then (under the lock, see :func:`~autoprune.study.study_lock`)
+    the task, devices and tables, and the search space against the model's units.
+    """
+    check_controller_options(config)
     study = Study(config.study_dir)
-    study.initialise(config)
-    ctx = context or build_context(config)
-    if study.baseline() is None:
-        study.save_baseline(dense_baseline(ctx))
-    records = study.records()
-    controller = make_controller(config, ctx.space, study, ctx)
-    controller.resume(records)
-    return study, ctx, records, controller
+    with study_lock(study.path):
+        if study.started():
+            study.check(config)
+        ctx = context or build_context(config)
+        study.initialise(config)
+        if study.baseline() is None:
+            study.save_baseline(dense_baseline(ctx))
+        records = study.records()
+        controller = make_controller(config, ctx.space, study, ctx)
+        controller.resume(records)
+        yield study, ctx, records, controller
 
 
 def run_study(
@@ -81,31 +113,46 @@ def run_study(
     on_trial: Optional[Callable[[TrialResult], None]] = None,
 ) -> Study:
     """Run (or resume) the study ``config`` describes, locally, until the budget is spent."""
-    study, ctx, records, controller = open_study(config, context)
-    evaluated = {r.plan_key: r for r in records if r.state == COMPLETE}
-    rule = DominanceRule(config.stopping, load_reports(study.path, records)) if config.stopping else None
-    started = time.monotonic()
-    done = len(records)
-    first_device = config.devices[0]
-    with tqdm(total=config.budget.trials, initial=done, desc=config.name, unit="trial", disable=not progress) as bar:
-        while budget_left(config, done, started):
-            proposal = controller.ask()
-            earlier = evaluated.get(proposal.plan.key)
-            if earlier is not None:
-                result = dataclasses.replace(earlier, number=done, cached=True, timings={"total_s": 0.0}, plan=proposal.plan.to_dict())
-            else:
+    with open_study(config, context) as (study, ctx, records, controller):
+        evaluated = {r.plan_key: r for r in records if r.state == COMPLETE}
+        rule = DominanceRule(config.stopping, load_reports(study.path, records)) if config.stopping else None
+        started = time.monotonic()
+        done = len(records)
+        repeats = 0
+        first_device = config.devices[0]
+        with tqdm(total=config.budget.trials, initial=done, desc=config.name, unit="trial", disable=not progress) as bar:
+            while budget_left(config, done, started):
+                proposal = controller.ask()
+                earlier = evaluated.get(proposal.plan.key)
+                if earlier is not None:
+                    controller.tell(proposal, repeat_of(earlier, proposal.trial_id, config.controller))
+                    repeats += 1
+                    if repeats >= MAX_REPEATS:
+                        log.warning(
+                            "%s: the controller proposed only plans evaluated before %d times in a row; stopping with %d of %s trials (the search space may be exhausted)",
+                            config.name, repeats, done, config.budget.trials,
+                        )
+                        break
+                    continue
+                repeats = 0
                 monitor = TrialMonitor(config.stopping.rungs, rule.check, controller.objectives) if rule else None
                 result = run_trial(ctx, proposal.plan, done, monitor)
                 append_reports(study.path, monitor.reports if monitor else [])
-            result.trial_id, result.controller = proposal.trial_id, config.controller
-            study.append(result)
-            controller.tell(proposal, result)
-            records.append(result)
-            if result.state == COMPLETE:
-                evaluated.setdefault(result.plan_key, result)
-            done += 1
-            bar.update(1)
-            bar.set_postfix(front=len(device_front(records, first_device)), failed=sum(r.state == FAILED for r in records), stopped=sum(r.state == STOPPED for r in records))
-            if on_trial is not None:
-                on_trial(result)
+                result.trial_id, result.controller = proposal.trial_id, config.controller
+                study.append(result)
+                controller.tell(proposal, result)
+                records.append(result)
+                if result.state == COMPLETE:
+                    evaluated.setdefault(result.plan_key, result)
+                done += 1
+                bar.update(1)
+                bar.set_postfix(front=len(device_front(records, first_device)), failed=sum(r.state == FAILED for r in records), stopped=sum(r.state == STOPPED for r in records))
+                if on_trial is not None:
+                    on_trial(result)
     return study
+
+
+def repeat_of(earlier: TrialResult, trial_id: int, controller: str) -> TrialResult:
+    """What the controller is told for a plan it proposed again: the earlier result, under
+    its new handle. A repeat is not a trial: it is neither recorded nor counted."""
+    return dataclasses.replace(earlier, trial_id=trial_id, controller=controller, cached=True, timings={"total_s": 0.0})

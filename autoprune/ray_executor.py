@@ -19,7 +19,6 @@ budget with the controller rebuilt from them.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import json
 import logging
@@ -40,7 +39,7 @@ from .config import Config
 from .controllers import Controller
 from .controllers.optuna_samplers import OptunaController, distributions, params_to_plan
 from .errors import AutopruneError
-from .executor import budget_left, open_study
+from .executor import MAX_REPEATS, budget_left, open_study, repeat_of
 from .front import device_front
 from .objectives import build_objectives
 from .plan import Plan
@@ -52,6 +51,8 @@ from .tune_searcher import RECORD, RUNG, ControllerSearcher, lost_trial, metrics
 
 #: Tune's experiment folders of a study, one per run of the driver (the records stay the truth).
 TUNE_DIR = "tune"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,7 @@ class StudySearcher(Searcher):
         self._evaluated = {r.plan_key: r for r in records if r.state == COMPLETE}
         self._live: dict[str, tuple[str, Plan, int, int]] = {}
         self._asked = 0
+        self._repeats = 0
         self.finished = False  # the budget is spent (Tune ends the experiment when the last trial is in)
         self.cut_short = 0  # trials that ended unfinished, without a record
 
@@ -227,13 +229,17 @@ class StudySearcher(Searcher):
             if suggestion is None or suggestion == Searcher.FINISHED:
                 return suggestion
             plan, handle = self._propose(key, suggestion)
-            number = next(self._numbers)
             earlier = self._evaluated.get(plan.key)
             if earlier is None:
+                self._repeats = 0
+                number = next(self._numbers)
                 self._live[trial_id] = (key, plan, number, handle)
                 return {"plan": plan.to_dict(), "number": number}
-            cached = dataclasses.replace(earlier, number=number, cached=True, timings={"total_s": 0.0}, plan=plan.to_dict())
-            self._finish(key, handle, cached, [])
+            self._tell(key, repeat_of(earlier, handle, self.config.controller))  # not a trial: neither recorded nor counted
+            self._repeats += 1
+            if self._repeats >= MAX_REPEATS:
+                log.warning("%s: the controller proposed only plans evaluated before %d times in a row; stopping (the search space may be exhausted)", self.config.name, self._repeats)
+                break
         self.finished = True
         return Searcher.FINISHED
 
@@ -314,7 +320,22 @@ def run_study_ray(
     on_trial: Optional[Callable[[TrialResult], None]] = None,
 ) -> Study:
     """Run (or resume) the study ``config`` describes on Ray Tune, until the budget is spent."""
-    study, ctx, records, controller = open_study(config, context)
+    with open_study(config, context) as (study, ctx, records, controller):
+        _run_tune(config, options, progress, on_trial, study, ctx, records, controller)
+    return study
+
+
+def _run_tune(
+    config: Config,
+    options: RayOptions,
+    progress: bool,
+    on_trial: Optional[Callable[[TrialResult], None]],
+    study: Study,
+    ctx: TrialContext,
+    records: list[TrialResult],
+    controller: Controller,
+) -> None:
+    """Run the remaining budget as one Tune experiment (the driver holds the study's lock)."""
     started_here = connect(options)
     try:
         width = concurrency(options)
@@ -354,4 +375,3 @@ def run_study_ray(
     finally:
         if started_here:
             ray.shutdown()
-    return study

@@ -3,10 +3,15 @@ dense baseline, exports. Records are appended one JSON line per trial as trials 
 (``trials.jsonl``, the source of truth) and mirrored to ``trials.csv`` for people."""
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import socket
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import pandas as pd
 import yaml
@@ -15,9 +20,17 @@ from .config import Config
 from .errors import AutopruneError, ConfigError
 from .trial import TrialResult
 
+log = logging.getLogger(__name__)
+
 #: Config keys that may change between runs of one study (the rest must match).
 MUTABLE_KEYS = {"budget", "export", "controller", "controller_options", "study_dir", "search_space"}
 SPACE_FILE = "search_space.yaml"
+#: The file a running search holds locked in its study directory (one writer per study).
+LOCK_FILE = "study.lock"
+
+
+class StudyLockedError(AutopruneError):
+    """Another live process is writing the study."""
 
 
 class Study:
@@ -50,29 +63,43 @@ class Study:
 
         return load_config(self.config_file)
 
+    def started(self) -> bool:
+        """Whether the study has a config and got as far as its dense baseline or a trial
+        (a start that failed before that leaves nothing to keep)."""
+        return self.exists() and (self.baseline_file.exists() or self.records_file.exists())
+
+    def check(self, config: Config) -> None:
+        """Refuse a config that differs from the study's own in a key that may not change
+        between runs (see ``MUTABLE_KEYS``), naming the key."""
+        data = config.model_dump(mode="json")
+        data["search_space"] = SPACE_FILE
+        old = self.config().model_dump(mode="json")  # options added since the study began take their defaults
+        old["search_space"] = SPACE_FILE
+        changed = [k for k in data if k not in MUTABLE_KEYS and old.get(k) != data[k]]
+        if changed:
+            raise ConfigError(
+                f"{self.config_file}: this study was run with a different {changed[0]!r}"
+                f" ({old.get(changed[0])!r}, now {data[changed[0]]!r}); use a new study_dir to start another study"
+            )
+        old_space, source = self.path / SPACE_FILE, config.search_space_path()
+        if old_space.is_file() and source.is_file() and yaml.safe_load(old_space.read_text(encoding="utf-8")) != yaml.safe_load(source.read_text(encoding="utf-8")):
+            raise ConfigError(
+                f"{source}: differs from the search space this study was run with ({old_space});"
+                " use a new study_dir to search another space"
+            )
+
     def initialise(self, config: Config) -> None:
         """Create the directory and save the resolved config and a copy of its search space,
         or check that they match those of an earlier run of the same study."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        data = config.model_dump(mode="json")
         space_source = config.search_space_path()
         if not space_source.is_file():
             raise ConfigError(f"search_space: file {config.search_space!r} not found (looked beside the config and in search_spaces/)")
-        space_text = space_source.read_text()
+        if self.started():
+            self.check(config)
+        self.path.mkdir(parents=True, exist_ok=True)
+        data = config.model_dump(mode="json")
         data["search_space"] = SPACE_FILE
-        if self.exists():
-            old = self.config().model_dump(mode="json")  # options added since the study began take their defaults
-            old["search_space"] = SPACE_FILE
-            changed = [k for k in data if k not in MUTABLE_KEYS and old.get(k) != data[k]]
-            old_space = self.path / SPACE_FILE
-            if old_space.is_file() and yaml.safe_load(old_space.read_text()) != yaml.safe_load(space_text):
-                changed.insert(0, "search_space")
-            if changed:
-                raise ConfigError(
-                    f"{self.config_file}: this study was run with a different {changed[0]!r}"
-                    f" ({old.get(changed[0])!r}, now {data[changed[0]]!r}); use a new study_dir to start another study"
-                )
-        _atomic_write(self.path / SPACE_FILE, space_text)
+        _atomic_write(self.path / SPACE_FILE, space_source.read_text(encoding="utf-8"))
         _atomic_write(self.config_file, yaml.safe_dump(data, sort_keys=False))
 
     def records(self) -> list[TrialResult]:
@@ -138,3 +165,65 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+@contextlib.contextmanager
+def study_lock(path: str | Path) -> Iterator[Path]:
+    """Hold the study directory ``path`` for one writer while the block runs.
+
+    Two searches writing one study would interleave records and fight over the Optuna
+    database, so the second one is refused with who holds the study (pid, host, since,
+    command). The lock is an exclusive ``flock`` on ``study.lock``: the kernel drops it
+    when the holder exits or is killed, so a lock left by a dead process is simply taken
+    over (and logged). The file itself is never removed (removing it would let two
+    processes lock two different files); a directory this call created and that holds
+    nothing else when the block ends (a start that failed) is removed again.
+    """
+    import fcntl
+
+    path = Path(path)
+    created = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    lock_path = path / LOCK_FILE
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StudyLockedError(f"{path}: study in use by {_describe_holder(_read_holder(fd))}; wait for it to end or stop it, then run the command again") from None
+        earlier = _read_holder(fd)
+        if earlier:
+            log.info("%s: taking over the lock left by %s (no longer running)", path, _describe_holder(earlier))
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        os.fsync(fd)
+        try:
+            yield lock_path
+        finally:
+            os.ftruncate(fd, 0)
+            if created and {p.name for p in path.iterdir()} == {LOCK_FILE}:
+                lock_path.unlink()
+                path.rmdir()
+    finally:
+        os.close(fd)
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    raw = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+    try:
+        holder = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _describe_holder(holder: dict[str, Any]) -> str:
+    if not holder:
+        return "another process (it has not written its details yet)"
+    return f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')} (`{holder.get('command', '')}`)"

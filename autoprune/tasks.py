@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib
+import inspect
 import os
 import struct
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from .errors import AutopruneError, ConfigError
+from .errors import AutopruneError, ConfigError, UnknownNameError
 from .placement import model_device
 from .models import MODELS
 from .registry import Registry
@@ -71,16 +72,35 @@ class Task:
 TASKS: Registry[Callable[..., Task]] = Registry("task")
 
 
-def load_task(spec: str, **options: Any) -> Task:
-    """Build a task from a registered name or a ``module:function`` path."""
+def task_function(spec: str, options: Optional[dict[str, Any]] = None) -> Callable[..., Task]:
+    """The function behind a task name or ``module:function`` path, checked against
+    ``options`` (its keyword arguments) without running it."""
     if ":" in spec:
         module_name, _, func_name = spec.partition(":")
         try:
             func = getattr(importlib.import_module(module_name), func_name)
         except (ImportError, AttributeError) as err:
             raise ConfigError(f"task {spec!r}: cannot import {func_name!r} from module {module_name!r} ({err})") from err
+        if not callable(func):
+            raise ConfigError(f"task {spec!r}: {func_name!r} in module {module_name!r} is not a function")
     else:
-        func = TASKS.get(spec)
+        try:
+            func = TASKS.get(spec)
+        except UnknownNameError as err:
+            raise ConfigError(f"task: {err}") from None
+    if options is not None:
+        try:
+            inspect.signature(func).bind(**options)
+        except TypeError as err:
+            raise ConfigError(f"task {spec!r}: bad task_options {options} ({err})") from None
+        except ValueError:
+            pass  # no signature to check (a builtin); calling it will tell
+    return func
+
+
+def load_task(spec: str, **options: Any) -> Task:
+    """Build a task from a registered name or a ``module:function`` path."""
+    func = task_function(spec)
     try:
         task = func(**options)
     except TypeError as err:

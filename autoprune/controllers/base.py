@@ -140,6 +140,28 @@ class Controller(ABC):
 
 CONTROLLERS: Registry[type[Controller]] = Registry("controller")
 
+#: Constructor arguments the executor passes itself; not options of a config.
+_BOUND = {"self", "space", "objectives", "seed", "study_dir", "study_name", "cost_model"}
+
+
+def option_names(cls: type[Controller]) -> set[str]:
+    """The ``controller_options`` keys ``cls`` accepts: the keyword arguments of every
+    ``__init__`` along its class chain (and of an Optuna sampler it wraps), so a config can
+    be checked before anything runs."""
+    import inspect
+
+    names = set(getattr(cls, "sampler_options", ()))
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        for param in inspect.signature(init).parameters.values():
+            if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY) and param.name not in _BOUND:
+                names.add(param.name)
+        if klass is Controller:
+            break
+    return names
+
 
 def random_choice(unit_space: UnitSpace, rng: np.random.Generator) -> UnitChoice:
     """A uniformly random choice for one unit within its rule."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
@@ -85,9 +86,13 @@ class OptunaController(Controller):
             study_name=self.study_name,
             storage=open_optuna_storage(storage) if storage is not None else None,
             directions=[o.direction for o in self.objectives],
-            sampler=self.make_sampler(**sampler_options),
+            sampler=self.make_sampler(self.seed, **sampler_options),
             load_if_exists=True,
         )
+        earlier = len(self.study.get_trials(deepcopy=False))
+        if earlier:
+            # a sampler seeded as in the first run would draw that run's plans again
+            self.study.sampler = self.make_sampler(resume_seed(self.seed, earlier), **sampler_options)
         self._dists = distributions(self.space)
         self._pending: dict[int, optuna.Trial] = {}
         if warm_start and not self.study.trials:
@@ -96,7 +101,7 @@ class OptunaController(Controller):
 
     sampler_options: tuple[str, ...] = ()
 
-    def make_sampler(self, **options: Any) -> optuna.samplers.BaseSampler:
+    def make_sampler(self, seed: int, **options: Any) -> optuna.samplers.BaseSampler:
         raise NotImplementedError(f"{type(self).__name__} must define make_sampler()")
 
     def ask(self) -> Proposal:
@@ -141,6 +146,12 @@ class OptunaController(Controller):
                 )
 
 
+def resume_seed(seed: int, trials: int) -> int:
+    """The sampler seed of a run resuming a study that has ``trials`` trials: reproducible,
+    and different for every point a study is resumed at."""
+    return int(np.random.SeedSequence([seed, trials]).generate_state(1)[0])
+
+
 def _optuna_family(controller: str | None) -> bool:
     from .base import CONTROLLERS
 
@@ -154,9 +165,9 @@ class NSGA2Controller(OptunaController):
     name = "nsga2"
     sampler_options = ("population_size", "mutation_prob", "crossover_prob", "swapping_prob")
 
-    def make_sampler(self, **options: Any) -> optuna.samplers.BaseSampler:
+    def make_sampler(self, seed: int, **options: Any) -> optuna.samplers.BaseSampler:
         options.setdefault("population_size", 16)
-        return optuna.samplers.NSGAIISampler(seed=self.seed, **options)
+        return optuna.samplers.NSGAIISampler(seed=seed, **options)
 
 
 @CONTROLLERS.register("tpe")
@@ -166,6 +177,6 @@ class TPEController(OptunaController):
     name = "tpe"
     sampler_options = ("n_startup_trials", "n_ei_candidates", "multivariate")
 
-    def make_sampler(self, **options: Any) -> optuna.samplers.BaseSampler:
+    def make_sampler(self, seed: int, **options: Any) -> optuna.samplers.BaseSampler:
         options.setdefault("n_startup_trials", 10)
-        return optuna.samplers.TPESampler(seed=self.seed, **options)
+        return optuna.samplers.TPESampler(seed=seed, **options)

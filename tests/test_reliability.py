@@ -1,0 +1,133 @@
+"""Faults and bad input a careful user meets: two searches on one study, config errors
+found after a start, torn files, configs that are empty or not UTF-8, untrusted studies.
+Each case ends in one clear line (exit 2) or just works, and no record is lost."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from autoprune.cli import main
+from autoprune.config import load_config
+from autoprune.executor import run_study
+from autoprune.study import LOCK_FILE, Study, StudyLockedError, study_lock
+from tests.conftest import REPO, write_config
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """The real command line, in this process: exit code, stdout, stderr."""
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_line(err: str) -> str:
+    assert err.strip() and err.strip().count("\n") == 0 and "Traceback" not in err, err
+    return err.strip()
+
+
+# -- one writer per study -----------------------------------------------------------------
+def test_second_search_on_a_live_study_is_refused_and_a_dead_holder_is_taken_over(tmp_path):
+    config = write_config(tmp_path, budget={"trials": 6}, finetune={"epochs": 0.5})
+    cmd = [sys.executable, "-m", "autoprune.cli", "search", str(config), "--no-progress"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    lock = tmp_path / "study" / LOCK_FILE
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and first.poll() is None:
+            if lock.exists() and lock.read_text().strip():
+                break
+            time.sleep(0.05)
+        assert json.loads(lock.read_text())["pid"] == first.pid
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2
+        line = one_line(second.stderr)
+        assert f"study in use by pid {first.pid} on " in line and "since" in line
+        assert first.poll() is None, "the first search keeps running"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    kept = Study(tmp_path / "study").records()
+    assert json.loads(lock.read_text())["pid"] == first.pid  # left behind by the killed holder
+
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    records = Study(tmp_path / "study").records()
+    assert [r.number for r in records] == list(range(6))
+    assert [r.to_dict() for r in records[: len(kept)]] == [r.to_dict() for r in kept]
+    assert lock.read_text() == ""  # released
+
+
+def test_lock_is_exclusive_in_one_process_and_a_failed_start_leaves_no_directory(tmp_path):
+    with study_lock(tmp_path / "s"):
+        with pytest.raises(StudyLockedError, match=rf"study in use by pid {os.getpid()} on "):
+            with study_lock(tmp_path / "s"):
+                pass
+    assert not (tmp_path / "s").exists()  # created for the lock only, and nothing else was written
+
+
+def test_ray_driver_takes_the_same_lock(tmp_path):
+    pytest.importorskip("ray")
+    from autoprune.ray_executor import run_study_ray
+
+    config = load_config(write_config(tmp_path))
+    with study_lock(config.study_dir):
+        with pytest.raises(StudyLockedError, match="study in use by pid"):
+            run_study_ray(config, progress=False)
+
+
+# -- every check before the study directory is written -----------------------------------
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"devices": ["nodevice"]}, r"devices\[0\]: device 'nodevice': no profile"),
+        ({"task": "nosuchtask"}, r"task: unknown task 'nosuchtask'; known: .*digits"),
+        ({"task": "nosuchmodule:make"}, r"task 'nosuchmodule:make': cannot import"),
+        ({"task_options": {"model": "resnet-tiny", "colour": 1}}, r"task 'digits': bad task_options"),
+        ({"controller_options": {"population_size": 4, "populaton": 3}}, r"controller_options: unknown option 'populaton' for controller 'nsga2'; known: .*population_size"),
+        ({"search_space": "nope.yaml"}, r"search_space: file 'nope.yaml' not found"),
+    ],
+)
+def test_config_errors_are_found_before_any_work_and_leave_nothing(tmp_path, capsys, monkeypatch, overrides, message):
+    cache = tmp_path / "cold-cache"
+    monkeypatch.setenv("AUTOPRUNE_CACHE", str(cache))
+    config = write_config(tmp_path, **overrides)
+    code, _, err = run_cli(capsys, "search", config, "--no-progress")
+    assert code == 2
+    assert __import__("re").search(message, one_line(err)), err
+    assert not (tmp_path / "study").exists()
+    assert not cache.exists() or not any(cache.iterdir()), "no dense model was trained for a config that cannot run"
+
+
+def test_a_failed_start_does_not_block_the_corrected_command(tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text("rules:\n  - match: 'layer9.*'\nprotect: [stem, classifier]\n")
+    config = write_config(tmp_path, search_space=str(space), budget={"trials": 1}, finetune={"max_steps": 2})
+    code, _, err = run_cli(capsys, "search", config, "--no-progress")
+    assert code == 2 and "rules[0].match 'layer9.*' matches no prunable unit" in one_line(err)
+    space.write_text("rules:\n  - match: '*'\nprotect: [stem, classifier, nothing.here]\n")
+    code, _, err = run_cli(capsys, "search", config, "--no-progress")
+    assert code == 2 and "protect[2] 'nothing.here' matches no layer" in one_line(err)
+    space.write_text("rules:\n  - match: '*'\nprotect: [stem, classifier]\n")
+    code, out, err = run_cli(capsys, "search", config, "--no-progress")
+    assert code == 0, err
+    assert len(Study(tmp_path / "study").records()) == 1
+
+
+def test_a_changed_search_space_names_the_file_not_the_key_twice(tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text("rules:\n  - match: '*'\n    pruning_ratio: {low: 0.0, high: 0.5, step: 0.1}\n")
+    config = write_config(tmp_path, search_space=str(space), budget={"trials": 1}, finetune={"max_steps": 2})
+    assert run_cli(capsys, "search", config, "--no-progress")[0] == 0
+    space.write_text("rules:\n  - match: '*'\n    pruning_ratio: {low: 0.0, high: 0.8, step: 0.1}\n")
+    code, _, err = run_cli(capsys, "search", config, "--no-progress", "--trials", "2")
+    assert code == 2
+    assert f"{space}: differs from the search space this study was run with" in one_line(err)
