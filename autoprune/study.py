@@ -16,6 +16,7 @@ from typing import Any, Iterator, Optional
 import pandas as pd
 import yaml
 
+from .appendlog import append_lines
 from .config import Config
 from .errors import AutopruneError, ConfigError
 from .trial import TrialResult
@@ -103,24 +104,23 @@ class Study:
         _atomic_write(self.config_file, yaml.safe_dump(data, sort_keys=False))
 
     def records(self) -> list[TrialResult]:
-        """All trial records; a line cut short by a killed run is skipped."""
+        """All trial records. A line that is not a record (cut short by a killed run) is
+        skipped with a warning; the next append sets a torn last line aside."""
         if not self.records_file.exists():
             return []
         out = []
-        for line in self.records_file.read_text().splitlines():
-            try:
-                out.append(TrialResult.from_dict(json.loads(line)))
-            except (json.JSONDecodeError, TypeError):
+        lines = self.records_file.read_bytes().decode("utf-8", "replace").splitlines()
+        for i, line in enumerate(lines, start=1):
+            record = _record(line)
+            if record is None:
+                log.warning("%s:%d: not a trial record (cut short by a killed run?); skipped", self.records_file, i)
                 continue
+            out.append(record)
         return out
 
     def append(self, result: TrialResult) -> None:
-        """Add one record durably, then refresh the CSV mirror."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.records_file, "a") as f:
-            f.write(json.dumps(result.to_dict()) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        """Add one record durably (on a line of its own), then refresh the CSV mirror."""
+        append_lines(self.records_file, [json.dumps(result.to_dict())], whole=lambda line: _record(line) is not None)
         self.dataframe().to_csv(self.csv_file.with_suffix(".tmp"), index=False)
         self.csv_file.with_suffix(".tmp").replace(self.csv_file)
 
@@ -134,6 +134,17 @@ class Study:
 
     def save_baseline(self, baseline: dict[str, Any]) -> None:
         _atomic_write(self.baseline_file, json.dumps(baseline, indent=2))
+
+
+def _record(line: str) -> Optional[TrialResult]:
+    """The record a ``trials.jsonl`` line holds, or None when it holds none."""
+    if not line.strip():
+        return None
+    try:
+        data = json.loads(line)
+        return TrialResult.from_dict(data) if isinstance(data, dict) else None
+    except (json.JSONDecodeError, TypeError):
+        return None
 
 
 def open_optuna_storage(url: str) -> "optuna.storages.RDBStorage":

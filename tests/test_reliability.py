@@ -131,3 +131,56 @@ def test_a_changed_search_space_names_the_file_not_the_key_twice(tmp_path, capsy
     code, _, err = run_cli(capsys, "search", config, "--no-progress", "--trials", "2")
     assert code == 2
     assert f"{space}: differs from the search space this study was run with" in one_line(err)
+
+
+# -- nothing lost when a writer is killed mid-line ----------------------------------------
+APPENDER = """
+import sys
+from autoprune.study import Study
+from autoprune.trial import TrialResult
+study = Study(sys.argv[1])
+i = 0
+while True:
+    study.append(TrialResult(i, {}, f"k{i}", state="failed", error="x" * 8_000_000))
+    i += 1
+"""
+
+
+def test_kill_during_an_append_loses_only_the_line_being_written(tmp_path, caplog):
+    from autoprune.appendlog import torn_tail
+    from autoprune.trial import TrialResult
+
+    study = Study(tmp_path / "study")
+    records = study.records_file
+    for attempt in range(40):  # until a kill lands mid-line (usually the first few)
+        child = subprocess.Popen([sys.executable, "-c", APPENDER, str(study.path)], env={**os.environ, "PYTHONPATH": str(REPO)})
+        deadline = time.time() + 60
+        while time.time() < deadline and not (records.exists() and records.stat().st_size > 8_000_000 and torn_tail(records) is not None):
+            pass  # kill once a record is whole and the next one is being written
+        child.kill()
+        child.wait()
+        if torn_tail(records) is not None:
+            break
+        records.unlink()
+    torn = torn_tail(records)
+    assert torn is not None, "no kill landed mid-line in 40 tries"
+    kept = study.records()
+    assert kept and [r.number for r in kept] == list(range(len(kept)))
+
+    with caplog.at_level("WARNING", logger="autoprune.appendlog"):
+        study.append(TrialResult(len(kept), {}, "after", state="failed", error="fine"))
+    assert "last line was cut short" in caplog.text
+    after = study.records()
+    assert [r.number for r in after] == list(range(len(kept) + 1)) and after[-1].plan_key == "after"
+    assert records.with_name("trials.jsonl.torn").read_bytes() == torn + b"\n"
+
+
+def test_a_whole_last_record_without_its_newline_is_kept(tmp_path):
+    from autoprune.trial import TrialResult
+
+    study = Study(tmp_path / "study")
+    study.append(TrialResult(0, {}, "a", state="failed", error="e"))
+    study.records_file.write_text(study.records_file.read_text().rstrip("\n"))
+    study.append(TrialResult(1, {}, "b", state="failed", error="e"))
+    assert [r.plan_key for r in study.records()] == ["a", "b"]
+    assert not study.records_file.with_name("trials.jsonl.torn").exists()
