@@ -9,7 +9,7 @@ import torch
 from .config import Config
 from .devices import load_device
 from .errors import ConfigError
-from .latency import LatencyEstimator, estimator_for
+from .latency import LatencyEstimator, checked_latencies, estimator_for
 from .metrics import macs, nonzero_params
 from .search_space import SearchSpace
 from .structure import with_structure_units
@@ -58,7 +58,7 @@ def dense_baseline(ctx: TrialContext) -> dict[str, Any]:
         accuracy = float(ctx.task.metric(model, ctx.task.val))
     return {
         "accuracy": accuracy,
-        "latency_ms": {d: est.latency_ms(model, ctx.task.example_input) for d, est in ctx.estimators.items()},
+        "latency_ms": checked_latencies(ctx.estimators, model, ctx.task.example_input),
         "latency_method": {d: est.method for d, est in ctx.estimators.items()},
         "params": nonzero_params(model),
         "macs": macs(model, ctx.task.example_input),

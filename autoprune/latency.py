@@ -7,16 +7,18 @@ implementing the same method, chosen per device by :func:`estimator_for`.
 from __future__ import annotations
 
 import copy
+import math
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from torch import nn
 
 from .backends import get_backend
 from .devices import DeviceProfile
-from .errors import BackendUnavailableError
+from .errors import AutopruneError, BackendUnavailableError
 from .granularity import fold_masks, refresh_masks
 
 
@@ -64,6 +66,22 @@ class MeasuredLatency(LatencyEstimator):
             path = self.backend.export(deployable(model, example_input), x, Path(tmp) / f"model{self.backend.suffix}")
             stats = self.backend.measure(path, x.numpy(), self.device.threads, self.device.warmup, self.device.repeats)
         return stats.median_ms
+
+
+class BadLatencyError(AutopruneError, ValueError):
+    """An estimator gave a latency that is not a positive finite number."""
+
+
+def checked_latencies(estimators: Mapping[str, LatencyEstimator], model: nn.Module, example_input: torch.Tensor) -> dict[str, float]:
+    """Latency (ms) of ``model`` on every device; one that is not a positive finite number
+    (a broken table or calibration) is an error naming the device, never a value to rank."""
+    out = {}
+    for device, estimator in estimators.items():
+        value = float(estimator.latency_ms(model, example_input))
+        if not (math.isfinite(value) and value > 0):
+            raise BadLatencyError(f"latency on device {device!r} came out as {value!r} ms ({estimator.method}), not a positive finite number; check its latency table")
+        out[device] = value
+    return out
 
 
 def estimator_for(device: DeviceProfile, method: str = "auto") -> LatencyEstimator:

@@ -18,7 +18,7 @@ import torch
 from .apply import apply_plan
 from .criteria import Calibration
 from .distill import training_loss
-from .latency import LatencyEstimator
+from .latency import LatencyEstimator, checked_latencies
 from .metrics import macs, nonzero_params
 from .placement import resolve_device
 from .plan import Plan
@@ -111,7 +111,7 @@ def run_trial(ctx: TrialContext, plan: Plan, number: int, monitor: Optional["Tri
         result.params = nonzero_params(model)
         result.macs = macs(model, ctx.task.example_input)
         t = time.perf_counter()
-        result.latency_ms = {d: est.latency_ms(model, ctx.task.example_input) for d, est in ctx.estimators.items()}
+        result.latency_ms = checked_latencies(ctx.estimators, model, ctx.task.example_input)
         timings["latency_s"] = time.perf_counter() - t
         t = time.perf_counter()
         on_step = monitor.watch(ctx, result) if monitor is not None else None

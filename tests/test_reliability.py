@@ -184,3 +184,123 @@ def test_a_whole_last_record_without_its_newline_is_kept(tmp_path):
     study.append(TrialResult(1, {}, "b", state="failed", error="e"))
     assert [r.plan_key for r in study.records()] == ["a", "b"]
     assert not study.records_file.with_name("trials.jsonl.torn").exists()
+
+
+# -- latency tables: values checked on load, appends under the header as written -----------
+def copied_profiles(tmp_path: Path) -> Path:
+    """The shipped onnxruntime-cpu profile copied into a user folder (the original is never written)."""
+    import shutil
+
+    root = tmp_path / "profiles"
+    shutil.copytree(REPO / "device_profiles" / "onnxruntime-cpu", root / "onnxruntime-cpu", ignore=shutil.ignore_patterns("validation"))
+    return root
+
+
+def edit_first_row(path: Path, column: str, value: str) -> None:
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
+    row = lines[1].split(",")
+    row[header.index(column)] = value
+    lines[1] = ",".join(row)
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("value", ["nan", "-0.5", "inf", "1e300", "0"])
+def test_table_latency_that_is_not_a_positive_finite_number_is_refused_on_load(tmp_path, value):
+    from autoprune.devices import load_device
+    from autoprune.errors import ConfigError
+    from autoprune.lut import load_table
+
+    root = copied_profiles(tmp_path)
+    edit_first_row(root / "onnxruntime-cpu" / "latency_table.csv", "median_ms", value)
+    with pytest.raises(ConfigError, match=rf"latency_table\.csv:2: bad row \(median_ms must be a finite number of milliseconds in \(0, 1e\+06\], but got '{value}'\)"):
+        load_table(load_device("onnxruntime-cpu", root), check_versions=False)
+
+
+@pytest.mark.parametrize("key, value, message", [("overhead_ms", -1.0, "greater than or equal to 0"), ("overhead_ms", float("nan"), "finite number")])
+def test_table_metadata_values_are_checked_on_load(tmp_path, key, value, message):
+    from autoprune.devices import load_device
+    from autoprune.errors import ConfigError
+    from autoprune.lut import load_table
+
+    root = copied_profiles(tmp_path)
+    meta = root / "onnxruntime-cpu" / "latency_table.yaml"
+    data = yaml.safe_load(meta.read_text())
+    data[key] = value
+    meta.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=rf"latency_table\.yaml: {key}: .*{message}"):
+        load_table(load_device("onnxruntime-cpu", root), check_versions=False)
+    data[key] = 0.004
+    data["calibration"][0]["measured_ms"] = -1.0
+    meta.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"latency_table\.yaml: calibration\[0\]\.measured_ms: .*greater than 0"):
+        load_table(load_device("onnxruntime-cpu", root), check_versions=False)
+
+
+def test_a_search_on_a_broken_table_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    root = copied_profiles(tmp_path)
+    edit_first_row(root / "onnxruntime-cpu" / "latency_table.csv", "median_ms", "nan")
+    monkeypatch.setenv("AUTOPRUNE_PROFILES", str(root))
+    code, _, err = run_cli(capsys, "search", write_config(tmp_path, latency="lut"), "--no-progress")
+    assert code == 2 and "latency_table.csv:2: bad row (median_ms must be" in one_line(err)
+    assert not (tmp_path / "study").exists()
+
+
+def test_table_missing_a_key_column_or_not_utf8_is_refused(tmp_path):
+    from autoprune.devices import load_device
+    from autoprune.errors import ConfigError
+    from autoprune.lut import load_table
+
+    root = copied_profiles(tmp_path)
+    path = root / "onnxruntime-cpu" / "latency_table.csv"
+    original = path.read_bytes()
+    rows = list(__import__("csv").reader(original.decode().splitlines()))
+    act = rows[0].index("act")
+    path.write_text("\n".join(",".join(r[:act] + r[act + 1 :]) for r in rows) + "\n")
+    with pytest.raises(ConfigError, match=r"latency_table\.csv: not a latency table: missing columns act"):
+        load_table(load_device("onnxruntime-cpu", root), check_versions=False)
+    path.write_bytes(original[:200] + b"\xff\xfe" + original[200:])
+    with pytest.raises(ConfigError, match=r"latency_table\.csv: not a UTF-8 text file"):
+        load_table(load_device("onnxruntime-cpu", root), check_versions=False)
+
+
+def test_table_cut_mid_row_loads_without_it_and_the_next_append_sets_it_aside(tmp_path, caplog):
+    from autoprune.backends import LatencyStats
+    from autoprune.devices import load_device
+    from autoprune.lut import load_table
+    from autoprune.lut.keys import KernelKey
+
+    root = copied_profiles(tmp_path)
+    path = root / "onnxruntime-cpu" / "latency_table.csv"
+    whole = load_table(load_device("onnxruntime-cpu", root), check_versions=False)
+    text = path.read_text()
+    path.write_text(text[: text.rstrip("\n").rfind("\n") + 1] + text.rstrip("\n").splitlines()[-1][:30])  # last row cut at 30 characters
+    with caplog.at_level("WARNING"):
+        table = load_table(load_device("onnxruntime-cpu", root), check_versions=False)
+    assert "last row cut short" in caplog.text and len(table) == len(whole) - 1
+    key = KernelKey("conv", 8, 8, 8, 16, 3, 1, 1, 1, "relu")
+    table.append([(key, LatencyStats(0.012, 0.011, 0.015, 60))])
+    again = load_table(load_device("onnxruntime-cpu", root), check_versions=False)
+    assert len(again) == len(whole) and again.ms(key) == pytest.approx(0.012)
+    assert path.with_name("latency_table.csv.torn").exists()
+    header = path.read_text().splitlines()[0].split(",")
+    assert all(len(line.split(",")) == len(header) for line in path.read_text().splitlines())
+
+
+def test_a_trial_whose_latency_is_not_finite_fails_with_the_reason(tmp_path):
+    from autoprune.context import build_context
+    from autoprune.latency import LatencyEstimator
+    from autoprune.plan import Plan
+    from autoprune.trial import run_trial
+
+    class Broken(LatencyEstimator):
+        method = "broken"
+
+        def latency_ms(self, model, example_input):
+            return float("nan")
+
+    ctx = build_context(load_config(write_config(tmp_path)))
+    ctx.estimators = {"onnxruntime-cpu": Broken(ctx.estimators["onnxruntime-cpu"].device)}
+    record = run_trial(ctx, Plan.from_dict({}), 0)
+    assert record.state == "failed"
+    assert "latency on device 'onnxruntime-cpu' came out as nan ms (broken), not a positive finite number" in record.error

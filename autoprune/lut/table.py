@@ -14,6 +14,9 @@ produces the same two files with its own tools.
 from __future__ import annotations
 
 import csv
+import io
+import logging
+import math
 import os
 import platform
 import warnings
@@ -30,6 +33,8 @@ from ..backends import LatencyStats
 from ..devices import DeviceProfile, cpu_model
 from ..errors import ConfigError
 from .keys import Kernel, KernelKey
+
+log = logging.getLogger(__name__)
 
 TABLE_FILE = "latency_table.csv"
 META_FILE = "latency_table.yaml"
@@ -65,9 +70,9 @@ class CalibrationPoint(BaseModel):
     model: str = Field(..., description="architecture signature the point belongs to")
     family: str = Field("", description="model class and input shape, shared by pruned variants")
     kernels: int = Field(..., ge=0)
-    kernel_sum_ms: float
-    weight_mb: float = Field(0.0, ge=0, description="megabytes of weights the network's kernels read")
-    measured_ms: float
+    kernel_sum_ms: float = Field(..., ge=0, allow_inf_nan=False)
+    weight_mb: float = Field(0.0, ge=0, allow_inf_nan=False, description="megabytes of weights the network's kernels read")
+    measured_ms: float = Field(..., gt=0, allow_inf_nan=False)
     label: str = ""
 
 
@@ -168,7 +173,7 @@ class TableMeta(BaseModel):
     autoprune: str = ""
     created: str = ""
     updated: str = ""
-    overhead_ms: float = Field(0.0, description="latency of an empty call on the runtime, subtracted per kernel")
+    overhead_ms: float = Field(0.0, ge=0, allow_inf_nan=False, description="latency of an empty call on the runtime, subtracted per kernel")
     framing: str = Field("nchw", description="activation layout at the kernel models' interface")
     context: str = Field("sum", description="how rows add up to a network: sum, or onnxruntime-nchwc (layouts and reorders)")
     sparse_keys: str = Field(
@@ -270,10 +275,14 @@ class LatencyTable:
         rows = [self.add(*item) for item in measured]
         if not rows:
             return
+        from ..appendlog import seal_tail
+
         self.folder.mkdir(parents=True, exist_ok=True)
+        seal_tail(self.table_path, whole=lambda line: False)  # a row cut short is measured again, not trusted
         new = not self.table_path.exists() or self.table_path.stat().st_size == 0
-        with open(self.table_path, "a", newline="") as f:
-            writer = csv.DictWriter(f, COLUMNS, lineterminator="\n")
+        columns = COLUMNS if new else self._header()
+        with open(self.table_path, "a", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, columns, lineterminator="\n", extrasaction="ignore")
             if new:
                 writer.writeheader()
             writer.writerows(rows)
@@ -281,6 +290,15 @@ class LatencyTable:
             os.fsync(f.fileno())
         if not self.meta_path.exists():
             self.save_meta()
+
+    def _header(self) -> list[str]:
+        """The columns of the CSV as written; appended rows follow them."""
+        with open(self.table_path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+        missing = [c for c in ("median_ms", *KEY_COLUMNS) if c not in header]
+        if missing:
+            raise ConfigError(f"{self.table_path}: not a latency table: missing columns {', '.join(missing)}; not appending to it")
+        return header
 
     def save_meta(self) -> None:
         """Write the metadata file (atomically)."""
@@ -335,29 +353,58 @@ def has_table(device: DeviceProfile) -> bool:
     return device.path is not None and (device.path / TABLE_FILE).is_file()
 
 
+#: Largest latency a table row may hold (ms): anything above is a unit or parsing error.
+MAX_ROW_MS = 1e6
+
+
 def read_rows(path: Path) -> dict[str, dict[str, Any]]:
-    """Rows of a table CSV by key; a later row for the same key replaces an earlier one."""
+    """Rows of a table CSV by key; a later row for the same key replaces an earlier one.
+
+    Every key column must be in the header (a missing one would merge keys), and every
+    latency must be a finite number of milliseconds: ``median_ms`` in (0, 1e6], the others
+    in [0, 1e6]. A last row with no newline (a profiling run killed mid-row) is left out
+    with a warning; the next append sets it aside.
+    """
+    from ..appendlog import torn_tail
+
     rows: dict[str, dict[str, Any]] = {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in ("median_ms", *KEY_COLUMNS[:5]) if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ConfigError(f"{path}: not a latency table: missing columns {', '.join(missing)}")
-        for i, raw in enumerate(reader, start=2):
-            if raw.get("median_ms") in (None, ""):
-                continue  # a row cut short by a killed run
-            try:
-                key = KernelKey.from_dict(raw)
-                row = {**raw, **key.to_dict(), "key": key.id, "median_ms": float(raw["median_ms"])}
-                for col in ("p10_ms", "p90_ms"):
-                    row[col] = float(raw[col]) if raw.get(col) not in (None, "") else row["median_ms"]
-                for col in ("reorder_in_ms", "reorder_out_ms"):
-                    row[col] = float(raw[col]) if raw.get(col) not in (None, "") else 0.0
-                row["repeats"] = int(float(raw["repeats"])) if raw.get("repeats") not in (None, "") else 0
-            except (TypeError, ValueError) as err:
-                raise ConfigError(f"{path}:{i}: bad row ({err})") from err
-            rows[key.id] = row
+    torn = torn_tail(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {err.start}); a latency table is CSV text") from None
+    if torn is not None:
+        text = text[: len(text) - len(torn.decode("utf-8"))]
+        log.warning("%s: last row cut short (a profiling run was killed mid-row); left out", path)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = [c for c in ("median_ms", *KEY_COLUMNS) if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ConfigError(f"{path}: not a latency table: missing columns {', '.join(missing)} (expected {', '.join(COLUMNS)})")
+    for i, raw in enumerate(reader, start=2):
+        if raw.get("median_ms") in (None, ""):
+            continue  # a row cut short by a killed run
+        if None in raw or None in raw.values():
+            raise ConfigError(f"{path}:{i}: {len(reader.fieldnames or [])} columns in the header, another number in this row")
+        try:
+            key = KernelKey.from_dict(raw)
+            row = {**raw, **key.to_dict(), "key": key.id, "median_ms": _ms(raw["median_ms"], "median_ms", positive=True)}
+            for col in ("p10_ms", "p90_ms"):
+                row[col] = _ms(raw[col], col) if raw.get(col) not in (None, "") else row["median_ms"]
+            for col in ("reorder_in_ms", "reorder_out_ms"):
+                row[col] = _ms(raw[col], col) if raw.get(col) not in (None, "") else 0.0
+            row["repeats"] = int(float(raw["repeats"])) if raw.get("repeats") not in (None, "") else 0
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{path}:{i}: bad row ({err})") from None
+        rows[key.id] = row
     return rows
+
+
+def _ms(text: str, column: str, positive: bool = False) -> float:
+    value = float(text)
+    low_ok = value > 0 if positive else value >= 0
+    if not (math.isfinite(value) and low_ok and value <= MAX_ROW_MS):
+        raise ValueError(f"{column} must be a finite number of milliseconds in {'(0' if positive else '[0'}, {MAX_ROW_MS:g}], but got {text!r}")
+    return value
 
 
 def load_table(device: DeviceProfile, check_versions: bool = True) -> LatencyTable:

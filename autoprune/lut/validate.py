@@ -23,7 +23,7 @@ from torch import nn
 from ..apply import apply_plan
 from ..criteria import Calibration as CriterionData
 from ..devices import DeviceProfile
-from ..latency import batched, deployable
+from ..latency import batched, checked_latencies, deployable
 from ..search_space import UnitSpace
 from ..units import Unit
 from .estimator import LUTEstimator
@@ -140,7 +140,7 @@ def validate(
     models, predicted = [], []
     for plan in plans:
         pruned = apply_plan(model, plan, units, example_input, multiples, calibration=data)
-        predicted.append(estimator.latency_ms(pruned, example_input))
+        predicted.append(checked_latencies({device.name: estimator}, pruned, example_input)[device.name])  # never a NaN MAPE
         models.append(deployable(pruned, example_input))
     x = batched(example_input, device.batch_size)
     builds = [lambda m=m: (m, x) for m in models]
