@@ -5,12 +5,12 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 from .schedule import IterativeSchedule
 from .training import FinetuneRecipe
-from .yamlio import load_model
+from .yamlio import load_model, read_yaml, validation_message
 
 OBJECTIVES = {"accuracy": "maximize", "latency_ms": "minimize", "params": "minimize", "macs": "minimize"}
 
@@ -129,11 +129,14 @@ def resolve_file(name: str, base: Optional[Path], shipped: str) -> Path:
 def load_config(path: str | Path, **overrides: Any) -> Config:
     """Read and validate a study config; ``overrides`` replace top-level keys (CLI flags)."""
     path = Path(path)
+    data = read_yaml(path)
+    if isinstance(data, dict) and not data:
+        raise ConfigError(f"{path}: no keys; a study config names at least its task, search_space and devices (see README, 'The study config')")
     config = load_model(Config, path)
     if overrides:
         try:
             config = Config.model_validate({**config.model_dump(), **overrides})
-        except Exception as err:
-            raise ConfigError(f"{path}: bad override {overrides}: {err}") from err
+        except ValidationError as err:
+            raise ConfigError(f"{validation_message(path, err)} (from the command line)") from None
     config._base = path.resolve().parent
     return config

@@ -13,14 +13,19 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def read_yaml(path: Path) -> Any:
-    """Parse a YAML file; a missing file or a syntax error names the file."""
+    """Parse a YAML file (None when it is empty); a missing file, bytes that are not UTF-8
+    or a syntax error name the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {err.start}); YAML files are UTF-8") from None
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML ({err})") from err
+        raise ConfigError(f"{path}: invalid YAML ({' '.join(str(err).split())})") from None
 
 
 def key_path(loc: tuple) -> str:
@@ -44,8 +49,10 @@ def validation_message(path: Path | str, err: ValidationError) -> str:
 def load_model(model: type[M], path: Path) -> M:
     """Read ``path`` and validate it as ``model``; every error names the file and key."""
     data = read_yaml(path)
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty; expected a mapping of {model.__name__} keys")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+        raise ConfigError(f"{path}: expected a mapping of {model.__name__} keys at the top level, got {type(data).__name__} {data!r}")
     try:
         return model.model_validate(data)
     except ValidationError as err:

@@ -304,3 +304,30 @@ def test_a_trial_whose_latency_is_not_finite_fails_with_the_reason(tmp_path):
     record = run_trial(ctx, Plan.from_dict({}), 0)
     assert record.state == "failed"
     assert "latency on device 'onnxruntime-cpu' came out as nan ms (broken), not a positive finite number" in record.error
+
+
+# -- config edge cases --------------------------------------------------------------------
+@pytest.mark.parametrize("text, message", [("", "the file is empty"), ("0\n", "got int 0"), ("false\n", "got bool False"), ("[]\n", "got list []"), ("{}\n", "no keys")])
+def test_an_empty_config_is_an_error_not_a_default_study(tmp_path, capsys, monkeypatch, text, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_text(text)
+    code, _, err = run_cli(capsys, "search", "config.yaml", "--no-progress")
+    assert code == 2 and message in one_line(err) and err.startswith("autoprune search: error: config.yaml:")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_non_utf8_config_and_trials_zero_are_one_line(tmp_path, capsys):
+    config = write_config(tmp_path)
+    config.write_bytes(config.read_bytes().replace(b"tiny", b"t\xe9ny"))
+    code, _, err = run_cli(capsys, "search", config, "--no-progress")
+    assert code == 2 and "not a UTF-8 text file" in one_line(err)
+    config = write_config(tmp_path)
+    code, _, err = run_cli(capsys, "search", config, "--no-progress", "--trials", "0")
+    assert code == 2 and "budget.trials: Input should be greater than or equal to 1 (got 0) (from the command line)" in one_line(err)
+
+
+def test_a_search_in_which_every_trial_failed_exits_non_zero(tmp_path, capsys):
+    config = write_config(tmp_path, finetune={"epochs": 0.2, "lr": 1e12, "momentum": 0.0, "schedule": "constant"}, budget={"trials": 2})
+    code, out, err = run_cli(capsys, "search", config, "--no-progress")
+    assert code == 1
+    assert "no trial of 2 completed; the first error: " in one_line(err) and "DivergedError" in err

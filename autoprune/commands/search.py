@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import AutopruneError
     from ..executor import run_study
     from ..front import front
+    from ..trial import COMPLETE, FAILED
 
     overrides: dict = {}
     if args.study_dir:
@@ -52,7 +54,13 @@ def run(args: argparse.Namespace) -> int:
         if given:
             raise AutopruneError(f"--{given[0].replace('_', '-')} needs --backend ray")
         study = run_study(config, progress=not args.no_progress)
+    records = study.records()
     table = front(study)
-    print(f"Pareto front of {config.name} ({len(study.records())} trials, study in {study.path}):")
+    print(f"Pareto front of {config.name} ({len(records)} trials, study in {study.path}):")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}") if len(table) else "(empty: no complete trial)")
+    if records and not any(r.state == COMPLETE for r in records):
+        failed = [r for r in records if r.state == FAILED]
+        reason = f"; the first error: {failed[0].error.splitlines()[-1]}" if failed and failed[0].error else ""
+        print(f"autoprune search: error: no trial of {len(records)} completed{reason}", file=sys.stderr)
+        return 1
     return 0
