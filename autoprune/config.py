@@ -79,6 +79,8 @@ class Config(BaseModel):
     seed: int = 0
     storage: Optional[str] = Field(None, description="Optuna storage URL (e.g. postgresql://host/db); null = SQLite in the study_dir")
     stopping: Optional[Stopping] = Field(None, description="stop hopeless trials at intermediate fine-tune steps; null = never")
+    min_accuracy: Optional[float] = Field(None, ge=0, allow_inf_nan=False, description="trials below this accuracy stay off the front and the report")
+    max_accuracy_drop: Optional[float] = Field(None, ge=0, allow_inf_nan=False, description="likewise, trials more than this below the dense model's accuracy")
     _base: Optional[Path] = PrivateAttr(None)
 
     @property

@@ -31,7 +31,7 @@ from .backends import LatencyStats, get_backend
 from .context import build_context
 from .devices import DeviceProfile, load_device
 from .errors import AutopruneError
-from .front import device_front
+from .front import device_front, front_limits
 from .granularity import sparsity
 from .latency import batched, deployable
 from .metrics import macs, nonzero_params
@@ -57,6 +57,7 @@ def select_member(
     min_accuracy: Optional[float] = None,
     min_speedup: Optional[float] = None,
     dense_latency_ms: Optional[float] = None,
+    accuracy_floor: Optional[float] = None,
 ) -> TrialResult:
     """The front member to deploy on ``device``.
 
@@ -66,9 +67,12 @@ def select_member(
     """
     if sum(v is not None for v in (max_latency_ms, min_accuracy, min_speedup)) > 1:
         raise AutopruneError("give at most one of max_latency_ms, min_accuracy, min_speedup")
-    members = device_front(records, device)
+    members = device_front(records, device, dense_latency_ms, accuracy_floor)
     if not members:
-        raise AutopruneError(f"the study has no complete trial with a latency for device {device!r}")
+        raise AutopruneError(
+            f"the study's front on {device!r} is empty: no complete trial is faster than the dense model"
+            + (f" and at least {accuracy_floor:.4g} accurate" if accuracy_floor is not None else "")
+        )
     if min_speedup is not None:
         if not dense_latency_ms:
             raise AutopruneError(f"--min-speedup needs the dense model's latency on {device!r}; the study has no baseline for it")
@@ -173,8 +177,10 @@ class Exporter:
     def choose(self, request: ExportRequest) -> TrialResult:
         if request.device not in self.config.devices:
             raise AutopruneError(f"device {request.device!r} is not a device of study {self.study.path} (devices: {', '.join(self.config.devices)})")
-        dense = ((self.study.baseline() or {}).get("latency_ms") or {}).get(request.device)
-        return select_member(self.study.records(), request.device, request.max_latency_ms, request.min_accuracy, request.min_speedup, dense)
+        limits = front_limits(self.config, self.study.baseline(), request.device)
+        return select_member(
+            self.study.records(), request.device, request.max_latency_ms, request.min_accuracy, request.min_speedup, limits["dense_latency_ms"], limits["accuracy_floor"]
+        )
 
     def tuned(self, member: TrialResult) -> _Tuned:
         """``member`` rebuilt from the dense model (one shot, or gradually with ``export.iterative``)

@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from .config import Config
 from .errors import UnknownNameError
 from .pareto import pareto_mask
 from .study import Study
@@ -15,22 +16,46 @@ from .trial import COMPLETE, TrialResult
 COLUMNS = ["device", "number", "accuracy", "latency_ms", "speedup", "params", "macs", "mean_ratio", "plan_key"]
 
 
-def device_front(records: Sequence[TrialResult], device: str) -> list[TrialResult]:
+def device_front(
+    records: Sequence[TrialResult],
+    device: str,
+    dense_latency_ms: Optional[float] = None,
+    accuracy_floor: Optional[float] = None,
+) -> list[TrialResult]:
     """Complete trials not dominated in (accuracy up, latency on ``device`` down), by latency.
 
-    Repeated evaluations of one plan count once (the first).
+    Repeated evaluations of one plan count once (the first). With the dense model's
+    latency, the dense model takes part in dominance: a trial not faster than it is no
+    trade-off worth a pruned model and is left out (a plan that prunes nothing, timed
+    slower under load, would otherwise sit on the front at a speedup below 1). Trials
+    below ``accuracy_floor`` (collapsed models) are left out too.
     """
     seen: set[str] = set()
     done = []
     for r in records:
         if r.state == COMPLETE and device in r.latency_ms and r.accuracy is not None and r.plan_key not in seen:
             seen.add(r.plan_key)
+            if dense_latency_ms is not None and not r.latency_ms[device] < dense_latency_ms:
+                continue
+            if accuracy_floor is not None and r.accuracy < accuracy_floor:
+                continue
             done.append(r)
     if not done:
         return []
     points = np.array([[-r.accuracy, r.latency_ms[device]] for r in done])
     front = [r for r, keep in zip(done, pareto_mask(points)) if keep]
     return sorted(front, key=lambda r: r.latency_ms[device])
+
+
+def front_limits(config: Config, baseline: Optional[dict], device: str) -> dict[str, Optional[float]]:
+    """What bounds a study's front on ``device``: the dense model's latency (the dense model
+    takes part in dominance) and the accuracy floor, the higher of ``min_accuracy`` and the
+    dense accuracy less ``max_accuracy_drop``; as keyword arguments of :func:`device_front`."""
+    baseline = baseline or {}
+    floors = [config.min_accuracy] if config.min_accuracy is not None else []
+    if config.max_accuracy_drop is not None and baseline.get("accuracy") is not None:
+        floors.append(float(baseline["accuracy"]) - config.max_accuracy_drop)
+    return {"dense_latency_ms": (baseline.get("latency_ms") or {}).get(device), "accuracy_floor": max(floors) if floors else None}
 
 
 def front(
@@ -43,7 +68,8 @@ def front(
     """The Pareto front of a study, one row per member and device.
 
     ``device`` restricts to one device (default: every device of the study); the
-    constraints then filter the members. ``speedup`` is relative to the dense model.
+    constraints then filter the members. Members are faster than the dense model and
+    meet the study's accuracy floor (see :func:`front_limits`). ``speedup`` is relative to the dense model.
     With ``measure``, every member left and the dense model are pruned again (no
     fine-tune: latency does not depend on the weights) and timed on the device's backend,
     in interleaved rounds, into ``latency_ms_measured`` and ``speedup_measured``; a device
@@ -60,7 +86,7 @@ def front(
     rows = []
     for d in devices:
         dense = (baseline.get("latency_ms") or {}).get(d)
-        for r in device_front(records, d):
+        for r in device_front(records, d, **front_limits(config, baseline, d)):
             rows.append(
                 {
                     "device": d,

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .front import device_front, front  # noqa: E402
+from .front import device_front, front, front_limits  # noqa: E402
 from .study import Study  # noqa: E402
 from .trial import COMPLETE  # noqa: E402
 
@@ -17,7 +17,7 @@ from .trial import COMPLETE  # noqa: E402
 def plot_front(study: Study, device: str, path: Path) -> Path:
     """Accuracy vs latency of every complete trial, the front as a step line, the dense model as a star."""
     records = [r for r in study.records() if r.state == COMPLETE and device in r.latency_ms]
-    members = device_front(records, device)
+    members = device_front(records, device, **front_limits(study.config(), study.baseline(), device))
     baseline = study.baseline() or {}
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     ax.scatter([r.latency_ms[device] for r in records], [r.accuracy for r in records], s=14, alpha=0.45, label="trials")

@@ -24,7 +24,7 @@ from .trial import TrialResult
 log = logging.getLogger(__name__)
 
 #: Config keys that may change between runs of one study (the rest must match).
-MUTABLE_KEYS = {"budget", "export", "controller", "controller_options", "study_dir", "search_space"}
+MUTABLE_KEYS = {"budget", "export", "controller", "controller_options", "study_dir", "search_space", "min_accuracy", "max_accuracy_drop"}
 SPACE_FILE = "search_space.yaml"
 #: The file a running search holds locked in its study directory (one writer per study).
 LOCK_FILE = "study.lock"

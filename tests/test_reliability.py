@@ -331,3 +331,46 @@ def test_a_search_in_which_every_trial_failed_exits_non_zero(tmp_path, capsys):
     code, out, err = run_cli(capsys, "search", config, "--no-progress")
     assert code == 1
     assert "no trial of 2 completed; the first error: " in one_line(err) and "DivergedError" in err
+
+
+# -- the front: the dense model takes part, collapsed models stay out ----------------------
+def hand_made(tmp_path: Path, **config_keys) -> Study:
+    from autoprune.trial import TrialResult
+
+    config = load_config(write_config(tmp_path, **config_keys))
+    study = Study(config.study_dir)
+    study.initialise(config)
+    study.save_baseline({"accuracy": 0.95, "latency_ms": {"onnxruntime-cpu": 1.0}})
+    # (accuracy, latency): 0 prunes nothing and was timed slower than dense under load;
+    # 1 is more accurate than dense but slower; 2..4 are faster; 4 has collapsed
+    points = [(0.95, 2.0), (0.96, 1.2), (0.94, 0.8), (0.90, 0.5), (0.21, 0.2)]
+    for i, (acc, lat) in enumerate(points):
+        study.append(TrialResult(i, {}, f"k{i}", accuracy=acc, latency_ms={"onnxruntime-cpu": lat}, params=1, macs=1))
+    return study
+
+
+def test_front_members_are_faster_than_the_dense_model(tmp_path):
+    from autoprune.front import front
+
+    df = front(hand_made(tmp_path))
+    assert df.number.tolist() == [4, 3, 2]  # 0 and 1 are not faster than dense
+    assert (df.speedup > 1).all()
+
+
+@pytest.mark.parametrize("keys, expected", [({"min_accuracy": 0.5}, [3, 2]), ({"max_accuracy_drop": 0.03}, [2]), ({"min_accuracy": 0.5, "max_accuracy_drop": 0.1}, [3, 2])])
+def test_an_accuracy_floor_keeps_collapsed_models_off_the_front_and_the_report(tmp_path, keys, expected):
+    from autoprune.front import front
+    from autoprune.report import write_report
+
+    study = hand_made(tmp_path, **keys)
+    assert front(study).number.tolist() == expected
+    paths = write_report(study.path)
+    text = next(p for p in paths if p.suffix == ".md").read_text()
+    rows = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("|") and line.split("|")[1].strip().isdigit()]
+    assert rows == [str(n) for n in expected] and "0.21" not in text
+
+
+def test_the_accuracy_floor_may_change_between_runs_of_a_study(tmp_path):
+    study = hand_made(tmp_path)
+    config = load_config(write_config(tmp_path, min_accuracy=0.5))
+    study.check(config)  # no error: it only bounds the front
