@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import fnmatch
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from .config import Config
 from .devices import load_device
-from .errors import ConfigError
+from .errors import AutopruneError, ConfigError
 from .latency import LatencyEstimator, checked_latencies, estimator_for
 from .metrics import macs, nonzero_params
 from .search_space import SearchSpace
@@ -16,6 +17,22 @@ from .structure import with_structure_units
 from .tasks import load_task, task_function
 from .trial import TrialContext
 from .units import prunable_units
+
+
+def study_context(config: Config, source: Path, trust_task: bool = False) -> TrialContext:
+    """The trial context of a study opened from its directory (``source``, its config file).
+
+    A study's config may name its task as ``module:function``: building the context imports
+    that module and calls that function, which runs whatever code it names. A study
+    directory from someone else is therefore only opened with ``trust_task``; built-in
+    task names are always safe.
+    """
+    if ":" in config.task and not trust_task:
+        raise AutopruneError(
+            f"{source}: task {config.task!r} is code the study names, and opening the study would import and run it;"
+            " if you trust where this study came from, run again with --trust-task"
+        )
+    return build_context(config)
 
 
 def check_inputs(config: Config) -> tuple[SearchSpace, dict[str, LatencyEstimator]]:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .backends import LatencyStats, get_backend
-from .context import build_context
+from .context import study_context
 from .devices import DeviceProfile, load_device
 from .errors import AutopruneError
 from .front import device_front, front_limits
@@ -160,6 +160,7 @@ class Exporter:
 
     study: Study
     recipe: Optional[FinetuneRecipe] = None
+    trust_task: bool = False  # import a ``module:function`` task the study names (see :func:`~autoprune.context.study_context`)
     _ctx: Optional[TrialContext] = None
     _tuned: dict[str, _Tuned] = field(default_factory=dict)
 
@@ -171,7 +172,7 @@ class Exporter:
     @property
     def ctx(self) -> TrialContext:
         if self._ctx is None:
-            self._ctx = build_context(self.config)
+            self._ctx = study_context(self.config, self.study.config_file, self.trust_task)
         return self._ctx
 
     def choose(self, request: ExportRequest) -> TrialResult:
@@ -332,6 +333,7 @@ def export_member(
     min_accuracy: Optional[float] = None,
     recipe: Optional[FinetuneRecipe] = None,
     out_dir: Optional[Union[str, Path]] = None,
+    trust_task: bool = False,
     **options: Any,
 ) -> dict[str, Any]:
     """Export the member :func:`select_member` picks for ``device``; returns the model card.
@@ -340,7 +342,7 @@ def export_member(
     ``quantize``, ``calibration_samples``, ``measurer``, ``measured_on``).
     """
     request = ExportRequest(device, max_latency_ms, min_accuracy, **options)
-    return Exporter(Study(study_dir), recipe).export(request, out_dir)
+    return Exporter(Study(study_dir), recipe, trust_task).export(request, out_dir)
 
 
 def export_all(
@@ -352,11 +354,12 @@ def export_all(
     out_dir: Optional[Union[str, Path]] = None,
     quantize: Optional[str] = None,
     calibration_samples: int = 256,
+    trust_task: bool = False,
 ) -> dict[str, Any]:
     """One model per device of the study in ``out_dir/DEVICE/``, plus ``index.json`` and
     ``index.md`` listing them. ``max_latency_ms`` maps devices to budgets (a device not in it
     gets the most accurate member, or the one ``min_accuracy`` / ``min_speedup`` picks)."""
-    exporter = Exporter(Study(study_dir), recipe)
+    exporter = Exporter(Study(study_dir), recipe, trust_task)
     devices = list(exporter.config.devices)
     budgets = dict(max_latency_ms or {})
     unknown = sorted(set(budgets) - set(devices))

@@ -64,13 +64,15 @@ def front(
     max_latency_ms: Optional[float] = None,
     min_accuracy: Optional[float] = None,
     measure: bool = False,
+    trust_task: bool = False,
 ) -> pd.DataFrame:
     """The Pareto front of a study, one row per member and device.
 
     ``device`` restricts to one device (default: every device of the study); the
     constraints then filter the members. Members are faster than the dense model and
     meet the study's accuracy floor (see :func:`front_limits`). ``speedup`` is relative to the dense model.
-    With ``measure``, every member left and the dense model are pruned again (no
+    With ``measure`` (which builds the study's task: see ``trust_task`` in
+    :func:`with_measured_latency`), every member left and the dense model are pruned again (no
     fine-tune: latency does not depend on the weights) and timed on the device's backend,
     in interleaved rounds, into ``latency_ms_measured`` and ``speedup_measured``; a device
     that is not this machine gets NaN there (time it with ``autoprune export --remote``).
@@ -107,16 +109,17 @@ def front(
         df = df[df.accuracy >= min_accuracy]
     df = df.reset_index(drop=True)
     if measure:
-        df = with_measured_latency(df, study)
+        df = with_measured_latency(df, study, trust_task)
     return df
 
 
-def with_measured_latency(df: pd.DataFrame, study: Study) -> pd.DataFrame:
-    """``df`` (rows of :func:`front`) with each member's latency measured on its device, beside the dense model's."""
+def with_measured_latency(df: pd.DataFrame, study: Study, trust_task: bool = False) -> pd.DataFrame:
+    """``df`` (rows of :func:`front`) with each member's latency measured on its device, beside the dense model's.
+    A ``module:function`` task is imported only with ``trust_task`` (see :func:`~autoprune.context.study_context`)."""
     import tempfile
 
     from .backends import get_backend
-    from .context import build_context
+    from .context import study_context
     from .devices import load_device
     from .export import measure_interleaved
     from .latency import batched, deployable
@@ -126,7 +129,7 @@ def with_measured_latency(df: pd.DataFrame, study: Study) -> pd.DataFrame:
     df = df.assign(latency_ms_measured=float("nan"), speedup_measured=float("nan"))
     if df.empty:
         return df
-    ctx = build_context(study.config())
+    ctx = study_context(study.config(), study.config_file, trust_task)
     plans = {r.plan_key: Plan.from_dict(r.plan) for r in study.records()}
     for name, rows in df.groupby("device"):
         profile = load_device(name)

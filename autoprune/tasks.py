@@ -87,7 +87,7 @@ def task_function(spec: str, options: Optional[dict[str, Any]] = None) -> Callab
         try:
             func = TASKS.get(spec)
         except UnknownNameError as err:
-            raise ConfigError(f"task: {err}") from None
+            raise UnknownNameError(f"task: {err}") from None
     if options is not None:
         try:
             inspect.signature(func).bind(**options)

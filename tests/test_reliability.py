@@ -374,3 +374,21 @@ def test_the_accuracy_floor_may_change_between_runs_of_a_study(tmp_path):
     study = hand_made(tmp_path)
     config = load_config(write_config(tmp_path, min_accuracy=0.5))
     study.check(config)  # no error: it only bounds the front
+
+
+# -- trust: opening a study does not run the code it names --------------------------------
+def test_opening_someone_elses_study_does_not_run_its_task_without_trust_task(tmp_path, capsys):
+    from autoprune.trial import TrialResult
+
+    marker = tmp_path / "ran"
+    config = load_config(write_config(tmp_path, task="os:system", task_options={"command": f"touch {marker}"}))
+    study = Study(config.study_dir)
+    study.initialise(config)
+    study.save_baseline({"accuracy": 0.9, "latency_ms": {"onnxruntime-cpu": 1.0}})
+    study.append(TrialResult(0, {}, "k0", accuracy=0.9, latency_ms={"onnxruntime-cpu": 0.5}, params=1, macs=1))
+    for args in (["front", study.path, "--measure"], ["export", study.path, "--device", "onnxruntime-cpu"]):
+        code, _, err = run_cli(capsys, *args)
+        assert code == 2 and "task 'os:system' is code the study names" in one_line(err) and "--trust-task" in err
+        assert not marker.exists()
+    code, _, err = run_cli(capsys, "front", study.path, "--measure", "--trust-task")  # the user said so: it runs
+    assert marker.exists()

@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--remote", metavar="URL", help="time the export on the device through its profiling agent (python -m autoprune.agent serve)")
     p.add_argument("--token", help="the agent's token (default: $AUTOPRUNE_AGENT_TOKEN)")
     p.add_argument("--out", help="output folder (default: STUDY/exports/DEVICE, or STUDY/exports with --all-devices)")
+    p.add_argument("--trust-task", action="store_true", help="import and run the study's module:function task (only for a study whose source you trust)")
     p.set_defaults(func=run)
 
 
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             raise AutopruneError("--remote times one device: use it with --device, not --all-devices")
         index = export_all(
             args.study, parse_budgets(args.max_latency_ms, True), args.min_accuracy, args.min_speedup, recipe, args.out,
-            args.quantize, args.calibration_samples,
+            args.quantize, args.calibration_samples, args.trust_task,
         )
         print(json.dumps(index, indent=2))
         return 0
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         client = AgentClient(args.remote, agent_token(args.token))
         client.info()  # fail now on a wrong URL or token, not after the fine-tune
         request.measurer, request.measured_on = AgentMeasurer(client), f"agent at {args.remote}"
-    card = Exporter(Study(args.study), recipe).export(request, args.out)
+    card = Exporter(Study(args.study), recipe, args.trust_task).export(request, args.out)
     summary = {k: card[k] for k in SUMMARY_KEYS}
     if card["quantized"]:
         summary["quantized"] = {k: card["quantized"][k] for k in ("mode", "file", "accuracy", "size_bytes", "latency_ms_measured")}

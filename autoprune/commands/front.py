@@ -12,13 +12,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-accuracy", type=float, help="keep members at least this accurate")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--measure", action="store_true", help="also time each member and the dense model on the device (this machine's devices only)")
+    p.add_argument("--trust-task", action="store_true", help="with --measure: import and run the study's module:function task (only for a study whose source you trust)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..front import front
 
-    df = front(args.study, device=args.device, max_latency_ms=args.max_latency_ms, min_accuracy=args.min_accuracy, measure=args.measure)
+    df = front(args.study, device=args.device, max_latency_ms=args.max_latency_ms, min_accuracy=args.min_accuracy, measure=args.measure, trust_task=args.trust_task)
     if args.format == "csv":
         print(df.to_csv(index=False), end="")
     elif args.format == "json":
