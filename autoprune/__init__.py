@@ -4,10 +4,16 @@ Search per-layer pruning ratio and granularity, score candidates on accuracy aft
 fine-tune and on latency per target device, keep a Pareto front per device, export the best
 model per device.
 """
+import os
 from importlib import import_module
 from typing import Any
 
 __version__ = "0.1.0"
+
+# ONNX Runtime writes a device id and a telemetry database under ~/.cache when it is first
+# imported unless this is set; autoprune leaves nothing behind and reports nothing. A
+# user's explicit setting wins (it must be made before onnxruntime is imported).
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 #: Public name -> submodule. Imported on first use, so ``python -m autoprune.agent`` on a
 #: device without torch does not import it.

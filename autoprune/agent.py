@@ -23,7 +23,10 @@ Every request must carry ``Authorization: Bearer TOKEN`` when the agent has a to
 agent binds to loopback by default and refuses to bind elsewhere without a token. Requests
 whose model is larger than ``--max-bytes`` are refused before they are read. Errors are
 JSON ``{"error": "..."}`` with a 4xx status; the agent keeps serving after any of them.
-Requests are served one at a time so that timings never overlap.
+Connections are served concurrently by a bounded number of workers (``--workers``), each
+request must arrive whole within ``--request-timeout-s``, and the body of a client that
+is not authorised is not read; models are loaded and timed one at a time, so timings
+never overlap.
 """
 from __future__ import annotations
 
@@ -40,8 +43,10 @@ import platform
 import socket
 import statistics
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from socketserver import ThreadingMixIn
 from typing import Any, Callable, Optional
 
 PROTOCOL = 1
@@ -50,8 +55,9 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 TOKEN_ENV = "AUTOPRUNE_AGENT_TOKEN"
 #: Room for the JSON fields around the base64 model in a request body.
 _JSON_SLACK = 64 * 1024
-#: At most this much of a refused body is read and discarded, so the client can read the reply.
-_DRAIN_LIMIT = 16 * 1024 * 1024
+#: Connections served at once (one worker thread each), and a request's deadline.
+DEFAULT_WORKERS = 8
+DEFAULT_REQUEST_TIMEOUT_S = 60.0
 _MAX_REPEATS = 100_000
 _MAX_THREADS = 256
 
@@ -213,6 +219,11 @@ def time_call(run: Callable[[], None], warmup: int, repeats: int) -> dict[str, f
     return {"median_ms": statistics.median(times), "p10_ms": q[0], "p90_ms": q[-1], "repeats": len(times)}
 
 
+def request_limit(max_bytes: int) -> int:
+    """Largest request body (bytes) for a model of ``max_bytes``: its base64 and the JSON around it."""
+    return 4 * ((max_bytes + 2) // 3) + _JSON_SLACK
+
+
 def _int_field(request: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
     value = request.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -287,17 +298,51 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
-class AgentServer(HTTPServer):
-    """One request at a time, so timings never overlap; settings live on the server."""
+class AgentServer(ThreadingMixIn, HTTPServer):
+    """Serves up to ``workers`` connections at once, each request within ``request_timeout_s``
+    from its first byte until its body is read; models are loaded and timed one at a time
+    (``timing_lock``), so timings never overlap. Settings live on the server.
 
-    def __init__(self, address: tuple[str, int], token: Optional[str], max_bytes: int, quiet: bool = False) -> None:
+    A client that connects and sends nothing, or drips a byte at a time, holds one worker
+    until its deadline and no one else: the others are served meanwhile.
+    """
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        token: Optional[str],
+        max_bytes: int,
+        quiet: bool = False,
+        workers: int = DEFAULT_WORKERS,
+        request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+    ) -> None:
         self.token = token
         self.max_bytes = max_bytes
         self.quiet = quiet
+        self.request_timeout_s = request_timeout_s
+        self.timing_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(workers)
         self.runtimes = detect_runtimes()
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.address_family = family
         super().__init__(address, AgentHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self._slots.acquire()  # at most ``workers`` connections in hand; the next wait in the listen backlog
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     @property
     def url(self) -> str:
@@ -311,7 +356,29 @@ class AgentHandler(BaseHTTPRequestHandler):
     server: AgentServer
     protocol_version = "HTTP/1.1"
     server_version = f"autoprune-agent/{PROTOCOL}"
-    timeout = 60  # a client that stops sending mid-body is dropped, not waited on forever
+
+    def handle_one_request(self) -> None:
+        """One request under its deadline: when the request line, headers and body have not
+        all arrived ``request_timeout_s`` after the first wait began, the connection is shut
+        (a per-read timeout would not stop a client sending one byte at a time)."""
+        self._deadline = threading.Timer(self.server.request_timeout_s, self._expire)
+        self._deadline.daemon = True
+        self._deadline.start()
+        try:
+            super().handle_one_request()
+        finally:
+            self._deadline.cancel()
+
+    def _expire(self) -> None:
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _received(self) -> None:
+        """The whole request is in: the deadline no longer applies (timing may take long)."""
+        self._deadline.cancel()
 
     def do_GET(self) -> None:
         self._serve("GET")
@@ -327,17 +394,23 @@ class AgentHandler(BaseHTTPRequestHandler):
 
     def _serve(self, method: str) -> None:
         self._body_read = False
+        self._authorised = False
         try:
             self._authorise()
+            self._authorised = True
             path = self.path.split("?", 1)[0].rstrip("/")
             if path == "/v1/info":
                 if method != "GET":
                     raise AgentError(405, f"{path} takes GET, not {method}")
+                self._received()
                 self._reply(200, agent_info(self.server.max_bytes, self.server.runtimes))
             elif path == "/v1/time":
                 if method != "POST":
                     raise AgentError(405, f"{path} takes POST, not {method}")
-                self._reply(200, time_model(self._json_body(), self.server.max_bytes))
+                request = self._json_body()
+                with self.server.timing_lock:
+                    reply = time_model(request, self.server.max_bytes)
+                self._reply(200, reply)
             else:
                 raise AgentError(404, f"no endpoint {path!r}; endpoints: GET /v1/info, POST /v1/time")
         except AgentError as exc:
@@ -362,11 +435,12 @@ class AgentHandler(BaseHTTPRequestHandler):
             size = int(length)
         except ValueError:
             raise AgentError(400, f"Content-Length {length!r} is not an integer") from None
-        limit = 4 * ((self.server.max_bytes + 2) // 3) + _JSON_SLACK
-        if size < 0 or size > limit:
+        if size < 0 or size > request_limit(self.server.max_bytes):
             raise AgentError(413, f"request of {size} bytes is over this agent's limit ({self.server.max_bytes}-byte model, --max-bytes)")
         body = self.rfile.read(size)
         self._body_read = True
+        if len(body) == size:
+            self._received()
         if len(body) != size:
             raise AgentError(400, f"the body ended after {len(body)} of {size} bytes")
         try:
@@ -387,14 +461,17 @@ class AgentHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _drain(self) -> None:
-        """Discard a refused body (up to a cap) so the client gets to read the reply."""
+        """Discard a refused body so the client gets to read the reply: up to the agent's
+        request limit once authorised, only a little for a client that is not (an
+        unauthenticated body is never read in bulk); a larger one closes the connection."""
         try:
             size = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             size = 0
         if size <= 0:
             return
-        if size > _DRAIN_LIMIT:
+        cap = request_limit(self.server.max_bytes) if self._authorised else _JSON_SLACK
+        if size > cap:
             self.close_connection = True
             return
         remaining = size
@@ -419,7 +496,15 @@ def is_loopback(host: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
 
 
-def make_server(host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: Optional[str] = None, max_bytes: int = DEFAULT_MAX_BYTES, quiet: bool = False) -> AgentServer:
+def make_server(
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    token: Optional[str] = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    quiet: bool = False,
+    workers: int = DEFAULT_WORKERS,
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+) -> AgentServer:
     """Bind the agent; a non-loopback address without a token is refused."""
     if not token and not is_loopback(host):
         raise SystemExit(
@@ -428,7 +513,11 @@ def make_server(host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: Option
         )
     if max_bytes < 1:
         raise SystemExit(f"--max-bytes must be positive, got {max_bytes}")
-    return AgentServer((host, port), token or None, max_bytes, quiet)
+    if workers < 1:
+        raise SystemExit(f"--workers must be at least 1, got {workers}")
+    if not request_timeout_s > 0:
+        raise SystemExit(f"--request-timeout-s must be positive, got {request_timeout_s}")
+    return AgentServer((host, port), token or None, max_bytes, quiet, workers, request_timeout_s)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -439,13 +528,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
     serve.add_argument("--token", default=os.environ.get(TOKEN_ENV), help=f"shared secret clients must send (default: ${TOKEN_ENV}); required off loopback")
     serve.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="largest model file accepted, in bytes")
+    serve.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=f"connections served at once (default {DEFAULT_WORKERS}); timings still run one at a time")
+    serve.add_argument("--request-timeout-s", type=float, default=DEFAULT_REQUEST_TIMEOUT_S, help=f"a request must arrive whole within this (default {DEFAULT_REQUEST_TIMEOUT_S:g} s)")
     serve.add_argument("--quiet", action="store_true", help="no per-request log lines")
     sub.add_parser("info", help="print the runtimes this device has, as JSON")
     args = parser.parse_args(argv)
     if args.command == "info":
         print(json.dumps(agent_info(DEFAULT_MAX_BYTES, detect_runtimes()), indent=2))
         return 0
-    server = make_server(args.host, args.port, args.token, args.max_bytes, args.quiet)
+    server = make_server(args.host, args.port, args.token, args.max_bytes, args.quiet, args.workers, args.request_timeout_s)
     usable = ", ".join(f"{fmt}={r['package']} {r['version']}" for fmt, r in server.runtimes.items() if "package" in r) or "none"
     print(f"autoprune agent serving on {server.url} (runtimes: {usable}; max {server.max_bytes} bytes; token {'required' if server.token else 'off'})", flush=True)
     try:

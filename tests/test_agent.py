@@ -187,3 +187,66 @@ def test_non_loopback_bind_requires_a_token(tmp_path):
 def test_unreachable_agent_is_one_clear_error():
     with pytest.raises(AutopruneError, match="cannot reach the agent"):
         AgentClient("http://127.0.0.1:9", timeout_s=5).info()
+
+
+@pytest.fixture(scope="module")
+def short_deadline_agent(tmp_path_factory):
+    """The agent with a 5-second request deadline and three workers."""
+    root = tmp_path_factory.mktemp("agent-deadline")
+    script = root / "agent.py"
+    shutil.copy(autoprune.agent.__file__, script)
+    proc, url = _start(script, root, "--token", TOKEN, "--max-bytes", str(MAX_BYTES), "--request-timeout-s", "5", "--workers", "3")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def _socket(url: str):
+    import socket
+
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=15)
+
+
+def _closed_by_server(sock, drip: bool) -> bool:
+    """Whether the agent closes the connection (within the socket's 15 s timeout); ``drip``
+    sends one byte of a request line every half second meanwhile."""
+    import time as _time
+
+    end = _time.monotonic() + 15
+    sock.settimeout(0.5)
+    while _time.monotonic() < end:
+        try:
+            if drip:
+                sock.sendall(b"G")
+            if sock.recv(1024) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+    return False
+
+
+def test_a_stalled_and_a_dripping_client_do_not_block_others_and_are_dropped_at_the_deadline(short_deadline_agent):
+    url = short_deadline_agent
+    silent, dripping = _socket(url), _socket(url)
+    dripping.sendall(b"GET /v1/in")
+    # served meanwhile, well inside the 5 s the two others may still take
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=4)
+    conn.request("GET", "/v1/info", headers=_auth())
+    assert conn.getresponse().status == 200
+    conn.close()
+    assert _closed_by_server(silent, drip=False)
+    assert _closed_by_server(dripping, drip=True)
+    assert AgentClient(url, TOKEN).info()["agent"] == "autoprune-agent"
+
+
+def test_an_unauthorised_body_is_not_read(short_deadline_agent):
+    sock = _socket(short_deadline_agent)
+    sock.sendall(b"POST /v1/time HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10000000\r\n\r\n{")
+    sock.settimeout(4)  # answered without waiting for the 10 MB that never come
+    reply = sock.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 401") and b"Connection: close" in reply
+    sock.close()

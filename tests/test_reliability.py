@@ -392,3 +392,15 @@ def test_opening_someone_elses_study_does_not_run_its_task_without_trust_task(tm
         assert not marker.exists()
     code, _, err = run_cli(capsys, "front", study.path, "--measure", "--trust-task")  # the user said so: it runs
     assert marker.exists()
+
+
+def test_onnxruntime_through_autoprune_writes_no_telemetry_files(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
+    code = "import autoprune.backends, onnxruntime; onnxruntime.SessionOptions()"
+    subprocess.run([sys.executable, "-c", code], env={**env, "HOME": str(home), "PYTHONPATH": str(REPO)}, check=True, timeout=120)
+    assert [p for p in home.rglob("*") if p.is_file()] == []
+    # the control: onnxruntime alone, without the setting, does write them (so the test can fail)
+    subprocess.run([sys.executable, "-c", "import onnxruntime"], env={**env, "HOME": str(home)}, check=True, timeout=120)
+    assert any(p.is_file() for p in home.rglob("*"))
