@@ -64,15 +64,20 @@ def make_controller(
     objectives = build_objectives(config.objectives, config.devices)
     if cost_model is None and context is not None:
         cost_model = cost_model_for(context, objectives)
-    return CONTROLLERS.get(config.controller)(
-        space,
-        objectives,
-        seed=config.seed,
-        study_dir=study.path,
-        study_name=config.name,
-        cost_model=cost_model,
-        **options,
-    )
+    try:
+        return CONTROLLERS.get(config.controller)(
+            space,
+            objectives,
+            seed=config.seed,
+            study_dir=study.path,
+            study_name=config.name,
+            cost_model=cost_model,
+            **options,
+        )
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"controller_options: {config.controller!r} refused {config.controller_options}: {err}") from None
 
 
 def budget_left(config: Config, done: int, started: float) -> bool:

@@ -70,8 +70,9 @@ def select_member(
     members = device_front(records, device, dense_latency_ms, accuracy_floor)
     if not members:
         raise AutopruneError(
-            f"the study's front on {device!r} is empty: no complete trial is faster than the dense model"
-            + (f" and at least {accuracy_floor:.4g} accurate" if accuracy_floor is not None else "")
+            f"the study has no complete trial with a latency for device {device!r}"
+            + (f" faster than the dense model ({dense_latency_ms:.4g} ms)" if dense_latency_ms is not None else "")
+            + (f" and at least {accuracy_floor:.4g} accurate (the study's accuracy floor)" if accuracy_floor is not None else "")
         )
     if min_speedup is not None:
         if not dense_latency_ms:

@@ -30,6 +30,10 @@ SPACE_FILE = "search_space.yaml"
 LOCK_FILE = "study.lock"
 
 
+#: Lines of records files already warned about in this process.
+_WARNED: set[tuple[str, int, int]] = set()
+
+
 class StudyLockedError(AutopruneError):
     """Another live process is writing the study."""
 
@@ -113,7 +117,9 @@ class Study:
         for i, line in enumerate(lines, start=1):
             record = _record(line)
             if record is None:
-                log.warning("%s:%d: not a trial record (cut short by a killed run?); skipped", self.records_file, i)
+                if (str(self.records_file), i, hash(line)) not in _WARNED:  # once per process, not on every read
+                    _WARNED.add((str(self.records_file), i, hash(line)))
+                    log.warning("%s:%d: not a trial record (cut short by a killed run?); skipped", self.records_file, i)
                 continue
             out.append(record)
         return out
