@@ -57,7 +57,12 @@ class Study:
         data = config.model_dump(mode="json")
         space_source = config.search_space_path()
         if not space_source.is_file():
-            raise ConfigError(f"search_space: file {config.search_space!r} not found (looked beside the config and in search_spaces/)")
+            from .paths import builtin_search_spaces
+
+            raise ConfigError(
+                f"search_space: {config.search_space!r} is neither a file (looked in the working directory and beside the config) "
+                f"nor a built-in space; built-in: {', '.join(builtin_search_spaces())}"
+            )
         space_text = space_source.read_text()
         data["search_space"] = SPACE_FILE
         if self.exists():
