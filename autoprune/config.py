@@ -134,6 +134,18 @@ def resolve_file(name: str, base: Optional[Path], shipped: str) -> Path:
     return Path(name)
 
 
+def validate_config(data: dict[str, Any], source: str = "config") -> Config:
+    """A config from its keys (the Python API's dict); errors name ``source`` and the key."""
+    from pydantic import ValidationError
+
+    from .yamlio import validation_message
+
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(validation_message(source, err)) from None
+
+
 def load_config(path: str | Path, **overrides: Any) -> Config:
     """Read and validate a study config; ``overrides`` replace top-level keys (CLI flags)."""
     path = Path(path)

@@ -122,6 +122,35 @@ def measure_interleaved(measure: Measurer, paths: Sequence[Path], x: np.ndarray,
     return chosen
 
 
+@dataclass(frozen=True)
+class ExportResult:
+    """An exported model: its file and its model card (also ``model_card.json`` beside the file)."""
+
+    device: str
+    path: Path
+    card: dict[str, Any]
+
+    @classmethod
+    def from_card(cls, card: Mapping[str, Any], folder: Union[str, Path]) -> "ExportResult":
+        return cls(card["device"], Path(folder) / card["file"], dict(card))
+
+    @property
+    def trial(self) -> int:
+        """The record number of the exported front member."""
+        return self.card["trial"]
+
+    @property
+    def accuracy(self) -> float:
+        """Accuracy after the export fine-tune."""
+        return self.card["accuracy"]
+
+    @property
+    def latency_ms(self) -> float:
+        """Latency on the device: measured where it could be, else predicted."""
+        measured = self.card.get("latency_ms_measured")
+        return measured if measured is not None else self.card["latency_ms_predicted"]
+
+
 @dataclass
 class ExportRequest:
     """What to export for one device and how: the selection, the format's extras, where to time it."""

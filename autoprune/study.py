@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import pandas as pd
 import yaml
@@ -15,13 +15,22 @@ from .config import Config
 from .errors import AutopruneError, ConfigError
 from .trial import TrialResult
 
+if TYPE_CHECKING:
+    import optuna
+
+    from .export import ExportResult
+
 #: Config keys that may change between runs of one study (the rest must match).
 MUTABLE_KEYS = {"budget", "export", "controller", "controller_options", "study_dir", "search_space"}
 SPACE_FILE = "search_space.yaml"
 
 
 class Study:
-    """Files of one study under ``path``."""
+    """One study: its directory under ``path`` (config, records, Optuna database, baseline,
+    exports) and what can be asked of it (:meth:`front`, :meth:`export`, :meth:`report`).
+
+    Get one from :func:`autoprune.search` or :func:`autoprune.load_study`.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -107,11 +116,62 @@ class Study:
         rows = [r.flat() for r in self.records()]
         return pd.DataFrame(rows)
 
+    def front(
+        self, device: Optional[str] = None, max_latency_ms: Optional[float] = None, min_accuracy: Optional[float] = None, measure: bool = False
+    ) -> pd.DataFrame:
+        """The Pareto front, one row per member and device (see :func:`autoprune.front.front`)."""
+        from .front import front
+
+        return front(self, device=device, max_latency_ms=max_latency_ms, min_accuracy=min_accuracy, measure=measure)
+
+    def export(
+        self,
+        device: str,
+        max_latency_ms: Optional[float] = None,
+        min_accuracy: Optional[float] = None,
+        min_speedup: Optional[float] = None,
+        epochs: Optional[float] = None,
+        quantize: Optional[str] = None,
+        out_dir: Optional[str | Path] = None,
+    ) -> "ExportResult":
+        """Rebuild, fine-tune, export and verify the front member chosen for ``device``: the most
+        accurate one within ``max_latency_ms`` or ``min_speedup``, else the fastest one reaching
+        ``min_accuracy``, else the most accurate (see :mod:`autoprune.export`)."""
+        from .export import ExportRequest, Exporter, ExportResult
+
+        recipe = self.require().config().export.finetune
+        if epochs is not None:
+            recipe = recipe.model_copy(update={"epochs": epochs})
+        out = Path(out_dir) if out_dir else self.exports_dir / device
+        card = Exporter(self, recipe).export(ExportRequest(device, max_latency_ms, min_accuracy, min_speedup, quantize), out)
+        return ExportResult.from_card(card, out)
+
+    def report(self, out_dir: Optional[str | Path] = None) -> list[Path]:
+        """Write a Pareto-front plot per device and ``report.md``; returns the files written."""
+        from .report import write_report
+
+        return [Path(p) for p in write_report(self.path, out_dir)]
+
+    def optuna_study(self) -> "optuna.Study":
+        """The study's Optuna study (every trial, whatever the controller; see :mod:`autoprune.optuna_study`)."""
+        import optuna
+
+        config = self.require().config()
+        return optuna.load_study(study_name=config.name, storage=open_optuna_storage(config.storage or self.optuna_storage))
+
+    def __repr__(self) -> str:
+        return f"Study({str(self.path)!r})"
+
     def baseline(self) -> Optional[dict[str, Any]]:
         return json.loads(self.baseline_file.read_text()) if self.baseline_file.exists() else None
 
     def save_baseline(self, baseline: dict[str, Any]) -> None:
         _atomic_write(self.baseline_file, json.dumps(baseline, indent=2))
+
+
+def load_study(path: str | Path) -> Study:
+    """The study in directory ``path`` (written by :func:`autoprune.search` or ``autoprune search``)."""
+    return Study(path).require()
 
 
 def open_optuna_storage(url: str) -> "optuna.storages.RDBStorage":
