@@ -68,7 +68,7 @@ class Task:
     info: dict = field(default_factory=dict)
 
 
-TASKS: Registry[Callable[..., Task]] = Registry("task")
+TASKS: Registry[Callable[..., Task]] = Registry("task", "autoprune.tasks")
 
 
 def load_task(spec: str, **options: Any) -> Task:

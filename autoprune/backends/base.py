@@ -78,7 +78,7 @@ class Backend(ABC):
         return time_runner(self.load(path, threads), example_input, warmup, repeats)
 
 
-BACKENDS: Registry[type[Backend]] = Registry("device backend")
+BACKENDS: Registry[type[Backend]] = Registry("device backend", "autoprune.backends")
 
 
 def get_backend(name: str) -> Backend:

@@ -138,7 +138,7 @@ class Controller(ABC):
             self.tell(Proposal(record.trial_id if record.trial_id is not None else record.number, Plan.from_dict(record.plan)), record)
 
 
-CONTROLLERS: Registry[type[Controller]] = Registry("controller")
+CONTROLLERS: Registry[type[Controller]] = Registry("controller", "autoprune.controllers")
 
 
 def random_choice(unit_space: UnitSpace, rng: np.random.Generator) -> UnitChoice:
