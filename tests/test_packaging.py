@@ -80,6 +80,30 @@ def test_profiling_a_shipped_device_writes_the_users_own_table(monkeypatch: pyte
     assert load_device("onnxruntime-cpu").path == mine
 
 
+def test_keys_measured_on_demand_extend_a_user_copy_of_a_shipped_table(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import warnings
+
+    import torch
+
+    from autoprune.lut import LUTEstimator
+
+    monkeypatch.setenv("AUTOPRUNE_PROFILES", str(tmp_path / "profiles"))
+    shipped = load_device("onnxruntime-cpu")
+    before = {p.name: p.read_bytes() for p in shipped.path.iterdir() if p.is_file()}
+    odd = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3, padding=1), torch.nn.BatchNorm2d(5), torch.nn.ReLU()).eval()  # no table has 3->5 at 7x7
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the shipped table was measured elsewhere, and has no calibration for this model
+        estimator = LUTEstimator(shipped)
+        assert estimator.latency_ms(odd, torch.randn(1, 3, 7, 7)) > 0
+    assert estimator.measured_on_demand > 0
+    mine = tmp_path / "profiles" / "onnxruntime-cpu"
+    assert estimator.device.path == mine and estimator.table.table_path == mine / "latency_table.csv"
+    rows = (mine / "latency_table.csv").read_text().splitlines()
+    assert rows[: len(before["latency_table.csv"].decode().splitlines())] == before["latency_table.csv"].decode().splitlines()
+    assert len(rows) == len(before["latency_table.csv"].decode().splitlines()) + estimator.measured_on_demand
+    assert {p.name: p.read_bytes() for p in shipped.path.iterdir() if p.is_file()} == before
+
+
 @pytest.mark.parametrize("given", ["cnn_channel_aligned", "search_spaces/cnn_channel_aligned.yaml", "cnn_channel_aligned.yaml"])
 def test_a_config_names_a_builtin_space(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str) -> None:
     monkeypatch.chdir(tmp_path)
