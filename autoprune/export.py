@@ -237,7 +237,7 @@ class Exporter:
         final = deployable(tuned.model, task.example_input)
         dense = deployable(task.model, task.example_input)
         x = batched(task.example_input, profile.batch_size)
-        path = backend.export(final, x, out / f"model{backend.suffix}")
+        path, written = backend.deploy(final, x, out / f"model{backend.suffix}")
         checks = parity(backend.load(path, profile.threads), final, task.val, profile.batch_size)
         measure, measured_on = self._measurer(request, profile)
 
@@ -274,6 +274,7 @@ class Exporter:
             "macs_dense": macs(dense, task.example_input),
             "sparsity": sparsity(final),
             "file": path.name,
+            "written_with": written,
             "size_bytes": path.stat().st_size,
             "size_bytes_dense": None,
             "parity": checks,
@@ -283,7 +284,7 @@ class Exporter:
         }
         if measure is not None:
             with tempfile.TemporaryDirectory(prefix="autoprune-dense-") as tmp:
-                dense_path = backend.export(dense, x, Path(tmp) / f"dense{backend.suffix}")
+                dense_path, _ = backend.deploy(dense, x, Path(tmp) / f"dense{backend.suffix}")
                 card["size_bytes_dense"] = dense_path.stat().st_size
                 stats, dense_stats = measure_interleaved(measure, [path, dense_path], x.numpy(), profile)
             card.update(

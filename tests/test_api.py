@@ -1,6 +1,7 @@
 """The public Python API: autoprune.search -> Study, Study.front, Study.export, autoprune.load_study."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pandas as pd
@@ -30,6 +31,8 @@ def test_search_front_export_and_load_study(tmp_path: Path) -> None:
     assert result.path == tmp_path / "study" / "exports" / "onnxruntime-cpu" / "model.onnx" and result.path.is_file()
     assert result.trial in set(front.number) and 0 <= result.accuracy <= 1 and result.latency_ms > 0
     assert result.card["parity"]["top1_agreement"] > 0.9
+    if importlib.util.find_spec("onnxscript") is not None:
+        assert result.card["written_with"]["exporter"] == "torch.onnx dynamo (torch.export)"
 
     again = autoprune.load_study(tmp_path / "study")
     pd.testing.assert_frame_equal(again.front(), study.front())

@@ -145,6 +145,7 @@ def _fresh_venv(tmp_path: Path) -> Path:
     python = venv / "bin" / "python"
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=True, capture_output=True, text=True).stdout.strip()
     ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    ours |= {p for p in sys.path if Path(p).name in ("site-packages", "dist-packages")}  # site folders of this one's own .pth files
     (Path(site) / "dependencies.pth").write_text("\n".join(sorted(ours)) + "\n")
     return python
 

@@ -11,7 +11,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -62,6 +62,14 @@ class Backend(ABC):
     @abstractmethod
     def export(self, model: torch.nn.Module, example_input: torch.Tensor, path: Path) -> Path:
         """Write ``model`` (eval mode, masks folded) in the runtime's format to ``path``."""
+
+    def deploy(self, model: torch.nn.Module, example_input: torch.Tensor, path: Path) -> tuple[Path, dict[str, Any]]:
+        """Write the model users deploy, and say how it was written (recorded in the model card).
+
+        By default the same as :meth:`export`; a backend whose preferred exporter is too slow
+        to run on every search trial uses it here.
+        """
+        return self.export(model, example_input, path), {}
 
     @abstractmethod
     def load(self, path: Path, threads: int = 1) -> Runner:
