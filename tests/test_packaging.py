@@ -150,6 +150,27 @@ def _fresh_venv(tmp_path: Path) -> Path:
     return python
 
 
+def _missing_requirements(wheel: Path) -> list[str]:
+    """The wheel's (non-extra) requirements this environment does not have installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import Requirement
+
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        lines = archive.read(metadata).decode().splitlines()
+    missing = []
+    for line in lines:
+        if line.startswith("Requires-Dist:"):
+            requirement = Requirement(line.split(":", 1)[1].strip())
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                try:
+                    version(requirement.name)
+                except PackageNotFoundError:
+                    missing.append(requirement.name)
+    return missing
+
+
 @pytest.mark.slow
 def test_the_wheel_installs_and_runs_a_study_from_an_empty_directory(tmp_path: Path) -> None:
     wheel = _build_wheel(tmp_path)
@@ -159,6 +180,9 @@ def test_the_wheel_installs_and_runs_a_study_from_an_empty_directory(tmp_path: P
     assert expected - names == set(), "files missing from the wheel (a new subpackage must be listed in pyproject.toml)"
     assert "autoprune/py.typed" in names
 
+    missing = _missing_requirements(wheel)
+    if missing:
+        pytest.skip(f"this environment lacks {', '.join(missing)}, required by the wheel: install it as `make env` does")
     python = _fresh_venv(tmp_path)
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-index", "-c", str(REPO / "constraints.txt"), str(wheel)],
