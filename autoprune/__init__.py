@@ -2,7 +2,14 @@
 
 Search per-layer pruning ratio and granularity, score candidates on accuracy after a short
 fine-tune and on latency per target device, keep a Pareto front per device, export the best
-model per device.
+model per device::
+
+    import autoprune
+
+    study = autoprune.search("study.yaml")          # or a Config, or a dict of its keys
+    study.front(device="onnxruntime-cpu", max_latency_ms=0.2)   # a pandas DataFrame
+    result = study.export("onnxruntime-cpu", max_latency_ms=0.2)
+    study = autoprune.load_study("runs/study")      # a study written earlier
 """
 import os
 from importlib import import_module
@@ -18,6 +25,7 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 #: Public name -> submodule. Imported on first use, so ``python -m autoprune.agent`` on a
 #: device without torch does not import it.
 _LAZY = {
+    "search": "executor", "Study": "study", "load_study": "study", "ExportResult": "export",
     "Config": "config", "load_config": "config",
     "AutopruneError": "errors", "ConfigError": "errors",
     "Plan": "plan", "UnitChoice": "plan",
@@ -35,13 +43,17 @@ __all__ = [
     "AutopruneError",
     "Config",
     "ConfigError",
+    "ExportResult",
     "Plan",
+    "Study",
     "TASKS",
     "Task",
     "TrialResult",
     "UnitChoice",
     "__version__",
     "load_config",
+    "load_study",
     "load_task",
     "run_trial",
+    "search",
 ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from typing import Optional, Sequence
 
@@ -19,6 +20,7 @@ COMMAND_MODULES = ["search", "front", "export", "report", "bench", "profile", "l
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autoprune", description="Hardware-aware automated pruning search.")
     parser.add_argument("--version", action="version", version=f"autoprune {_version()}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log lines on stderr (-v: progress notes, -vv: failed trials' tracebacks)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"autoprune.commands.{name}").register(sub)
@@ -31,9 +33,38 @@ def _version() -> str:
     return __version__
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is at the time (a test may replace it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
+_HANDLER = _StderrHandler()
+_HANDLER.setFormatter(logging.Formatter("autoprune: %(levelname)s: %(message)s"))
+
+
+def configure_logging(verbose: int) -> None:
+    """Show the library's log on stderr (warnings, such as failed trials; more with ``-v``),
+    and keep Optuna to its warnings: its line per trial repeats what the progress bar says."""
+    logger = logging.getLogger("autoprune")
+    if _HANDLER not in logger.handlers:
+        logger.addHandler(_HANDLER)
+    logger.setLevel(logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
     except (AutopruneError, FileNotFoundError) as err:

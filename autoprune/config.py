@@ -66,8 +66,8 @@ class Config(BaseModel):
     name: str = Field("study", description="the study's name (also the Optuna study name)")
     task: str = Field("digits", description="a built-in task name or module:function")
     task_options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the task function")
-    search_space: str = Field("search_spaces/cnn_channel.yaml", description="search-space YAML file")
-    devices: list[str] = Field(default_factory=lambda: ["onnxruntime-cpu"], min_length=1, description="profiles under device_profiles/")
+    search_space: str = Field("cnn_channel", description="a built-in search space by name, or a search-space YAML file")
+    devices: list[str] = Field(default_factory=lambda: ["onnxruntime-cpu"], min_length=1, description="device profiles: the user's, else the shipped ones")
     latency: Literal["auto", "lut", "measured"] = Field("auto", description="lookup table when the device has one, else measure")
     objectives: list[str] = Field(default_factory=lambda: ["accuracy", "latency_ms"], min_length=2)
     controller: str = Field("nsga2", description="a registered controller")
@@ -111,21 +111,41 @@ class Config(BaseModel):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     def search_space_path(self) -> Path:
-        """The search-space file: as given, else beside the config, else shipped with autoprune."""
+        """The search-space file: as given, else beside the config, else a built-in space."""
         return resolve_file(self.search_space, self.base, "search_spaces")
 
 
 def resolve_file(name: str, base: Optional[Path], shipped: str) -> Path:
-    """Find a file given relative to the working directory, the config's folder, or autoprune's own folder."""
+    """Find a file given relative to the working directory or the config's folder, else a
+    file shipped with autoprune in the package data folder ``shipped``, by name (``cnn_channel``)
+    or by its path in the source tree (``search_spaces/cnn_channel.yaml``).
+
+    A name found nowhere is returned as given, for the caller's not-found error.
+    """
+    from .paths import shipped_dir
+
     candidates = [Path(name)]
     if base is not None:
         candidates.append(base / name)
-    root = Path(__file__).resolve().parent.parent
-    candidates += [root / name, root / shipped / Path(name).name]
+    root = shipped_dir(shipped)
+    file = Path(name).name
+    candidates += [root / file, root / f"{file}.yaml"]
     for path in candidates:
         if path.is_file():
             return path
     return Path(name)
+
+
+def validate_config(data: dict[str, Any], source: str = "config") -> Config:
+    """A config from its keys (the Python API's dict); errors name ``source`` and the key."""
+    from pydantic import ValidationError
+
+    from .yamlio import validation_message
+
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(validation_message(source, err)) from None
 
 
 def load_config(path: str | Path, **overrides: Any) -> Config:

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from .errors import AutopruneError
 from .registry import Registry
 
-CRITERIA: Registry[Callable[[], tp.importance.Importance]] = Registry("criterion")
+CRITERIA: Registry[Callable[[], tp.importance.Importance]] = Registry("criterion", "autoprune.criteria")
 
 #: Criteria that read ``.grad``: a plan using them needs calibration data.
 GRADIENT_CRITERIA = frozenset({"taylor"})

@@ -1,18 +1,29 @@
-"""Device profiles: a named folder under ``device_profiles/`` saying which runtime runs the
-model, with how many threads, at which batch size and dtype, plus its latency table."""
+"""Device profiles: a named folder ``NAME/`` saying which runtime runs the model, with how
+many threads, at which batch size and dtype, plus its latency table.
+
+Profiles are looked up in the user's profile folder first (``$AUTOPRUNE_PROFILES``, else a
+per-user data folder), then among the reference profiles shipped with autoprune. Shipped
+profiles are never written: tables are written into the user's folder (see
+:func:`writable_profile`)."""
 from __future__ import annotations
 
-import os
+import logging
 import platform
+import shutil
 from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import ConfigError
+from .paths import DEVICE_PROFILES, shipped_dir, user_profiles_dir
 from .yamlio import load_model
 
 PROFILE_FILE = "device.yaml"
+#: The latency table files of a profile (see :mod:`autoprune.lut.table`).
+TABLE_FILES = ("latency_table.csv", "latency_table.yaml")
+
+log = logging.getLogger(__name__)
 
 
 def cpu_model() -> str:
@@ -47,22 +58,21 @@ class DeviceProfile(BaseModel):
         return self._path
 
 
-def profiles_dir() -> Path:
-    """``$AUTOPRUNE_PROFILES``, else ``./device_profiles``, else the folder shipped beside the package."""
-    env = os.environ.get("AUTOPRUNE_PROFILES")
-    if env:
-        return Path(env)
-    here = Path.cwd() / "device_profiles"
-    return here if here.is_dir() else Path(__file__).resolve().parent.parent / "device_profiles"
+def profile_roots() -> list[Path]:
+    """Folders searched for ``NAME/device.yaml``, first match wins: the user's profiles
+    (:func:`autoprune.paths.user_profiles_dir`), then the reference profiles shipped with autoprune."""
+    return [user_profiles_dir(), shipped_dir(DEVICE_PROFILES)]
 
 
 def load_device(name: str, root: Optional[Path] = None) -> DeviceProfile:
-    """Read ``device_profiles/NAME/device.yaml``; an unknown name lists the profiles that exist."""
-    root = Path(root) if root else profiles_dir()
-    path = root / name / PROFILE_FILE
-    if not path.is_file():
-        known = sorted(p.parent.name for p in root.glob(f"*/{PROFILE_FILE}")) if root.is_dir() else []
-        raise ConfigError(f"device {name!r}: no profile at {path}; profiles in {root}: {', '.join(known) or 'none'}")
+    """Read ``NAME/device.yaml`` from ``root``, else from the first of :func:`profile_roots`
+    that has it; an unknown name lists the profiles that exist."""
+    roots = [Path(root)] if root else profile_roots()
+    path = next((r / name / PROFILE_FILE for r in roots if (r / name / PROFILE_FILE).is_file()), None)
+    if path is None:
+        known = sorted({p.parent.name for r in roots if r.is_dir() for p in r.glob(f"*/{PROFILE_FILE}")})
+        looked = " and ".join(str(r) for r in roots)
+        raise ConfigError(f"device {name!r}: no profile {name}/{PROFILE_FILE} in {looked}; known devices: {', '.join(known) or 'none'}")
     profile = load_model(DeviceProfile, path)
     if profile.name != name:
         raise ConfigError(f"{path}: name: must equal the folder name {name!r} (got {profile.name!r})")
@@ -72,3 +82,29 @@ def load_device(name: str, root: Optional[Path] = None) -> DeviceProfile:
         raise ConfigError(f"{path}: backend: unknown device backend {profile.backend!r}; known: {', '.join(BACKENDS.names())}")
     profile._path = path.parent
     return profile
+
+
+def is_shipped(device: DeviceProfile) -> bool:
+    """Whether the profile was read from the reference profiles shipped with autoprune (read-only)."""
+    shipped = shipped_dir(DEVICE_PROFILES).resolve()
+    return device.path is not None and device.path.resolve().parent == shipped
+
+
+def writable_profile(device: DeviceProfile, with_table: bool) -> DeviceProfile:
+    """The device's profile in the user's folder, where tables may be written.
+
+    A shipped profile is copied there first: its ``device.yaml`` always, its latency table
+    too when ``with_table`` (keys measured on demand extend a copy of the reference table;
+    a new profiling run starts a table of this machine's own). A user profile is returned as is.
+    """
+    if not is_shipped(device):
+        return device
+    target = user_profiles_dir() / device.name
+    if not (target / PROFILE_FILE).is_file():
+        target.mkdir(parents=True, exist_ok=True)
+        files = [PROFILE_FILE] + (list(TABLE_FILES) if with_table else [])
+        for file in files:
+            if (device.path / file).is_file():
+                shutil.copyfile(device.path / file, target / file)
+        log.info("device %r: copied the shipped profile to %s", device.name, target)
+    return load_device(device.name, target.parent)

@@ -11,11 +11,12 @@ import contextlib
 import dataclasses
 import logging
 import time
-from typing import Callable, Iterator, Optional
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
 
 from tqdm.auto import tqdm
 
-from .config import Config
+from .config import Config, load_config, validate_config
 from .context import build_context, dense_baseline
 from .controllers import CONTROLLERS, Controller
 from .controllers.base import option_names
@@ -23,6 +24,7 @@ from .errors import ConfigError
 from .cost_model import CostModelFn, cost_model_for
 from .front import device_front
 from .objectives import build_objectives
+from .optuna_study import OptunaMirror, storage_url
 from .search_space import UnitSpace
 from .stopping import DominanceRule, TrialMonitor, append_reports, load_reports
 from .study import Study, study_lock
@@ -111,6 +113,38 @@ def open_study(config: Config, context: Optional[TrialContext] = None) -> Iterat
         yield study, ctx, records, controller
 
 
+def optuna_mirror(config: Config, controller: Controller, records: list[TrialResult]) -> Optional[OptunaMirror]:
+    """For a controller that does not keep an Optuna study itself, the mirror that writes its
+    records into the study's Optuna study (brought up to date with ``records``)."""
+    if getattr(controller, "uses_optuna_storage", False):
+        return None
+    mirror = OptunaMirror(config.name, controller.objectives, controller.space, storage_url(controller.study_dir, config.storage))
+    mirror.sync(records)
+    return mirror
+
+
+def search(config: Config | str | Path | dict[str, Any], progress: bool = False, backend: str = "local", **ray_options: Any) -> Study:
+    """Run (or resume) a study and return it: the library's entry point (``autoprune search``).
+
+    ``config`` is a :class:`~autoprune.config.Config`, the path of a study config (YAML), or
+    its keys as a dict (relative paths then start from the working directory). The study
+    directory keeps every trial, so calling again with the same config resumes. ``backend``
+    ``"ray"`` runs the trials on Ray Tune, with ``ray_options`` the fields of
+    :class:`~autoprune.ray_executor.RayOptions` (``address``, ``max_concurrent``, ...).
+    """
+    if isinstance(config, dict):
+        config = validate_config(config)
+    elif not isinstance(config, Config):
+        config = load_config(config)
+    if backend == "ray":
+        from .ray_executor import RayOptions, run_study_ray
+
+        return run_study_ray(config, RayOptions(**ray_options), progress=progress)
+    if backend != "local" or ray_options:
+        raise ConfigError(f"backend: expected 'local' or 'ray' (Ray options need 'ray'), got {backend!r}")
+    return run_study(config, progress=progress)
+
+
 def run_study(
     config: Config,
     progress: bool = True,
@@ -119,6 +153,7 @@ def run_study(
 ) -> Study:
     """Run (or resume) the study ``config`` describes, locally, until the budget is spent."""
     with open_study(config, context) as (study, ctx, records, controller):
+        mirror = optuna_mirror(config, controller, records)
         evaluated = {r.plan_key: r for r in records if r.state == COMPLETE}
         rule = DominanceRule(config.stopping, load_reports(study.path, records)) if config.stopping else None
         started = time.monotonic()
@@ -146,6 +181,8 @@ def run_study(
                 result.trial_id, result.controller = proposal.trial_id, config.controller
                 study.append(result)
                 controller.tell(proposal, result)
+                if mirror is not None:
+                    mirror.add(result)
                 records.append(result)
                 if result.state == COMPLETE:
                     evaluated.setdefault(result.plan_key, result)

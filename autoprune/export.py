@@ -127,6 +127,35 @@ def measure_interleaved(measure: Measurer, paths: Sequence[Path], x: np.ndarray,
     return chosen
 
 
+@dataclass(frozen=True)
+class ExportResult:
+    """An exported model: its file and its model card (also ``model_card.json`` beside the file)."""
+
+    device: str
+    path: Path
+    card: dict[str, Any]
+
+    @classmethod
+    def from_card(cls, card: Mapping[str, Any], folder: Union[str, Path]) -> "ExportResult":
+        return cls(card["device"], Path(folder) / card["file"], dict(card))
+
+    @property
+    def trial(self) -> int:
+        """The record number of the exported front member."""
+        return self.card["trial"]
+
+    @property
+    def accuracy(self) -> float:
+        """Accuracy after the export fine-tune."""
+        return self.card["accuracy"]
+
+    @property
+    def latency_ms(self) -> float:
+        """Latency on the device: measured where it could be, else predicted."""
+        measured = self.card.get("latency_ms_measured")
+        return measured if measured is not None else self.card["latency_ms_predicted"]
+
+
 @dataclass
 class ExportRequest:
     """What to export for one device and how: the selection, the format's extras, where to time it."""
@@ -216,7 +245,7 @@ class Exporter:
         final = deployable(tuned.model, task.example_input)
         dense = deployable(task.model, task.example_input)
         x = batched(task.example_input, profile.batch_size)
-        path = backend.export(final, x, out / f"model{backend.suffix}")
+        path, written = backend.deploy(final, x, out / f"model{backend.suffix}")
         checks = parity(backend.load(path, profile.threads), final, task.val, profile.batch_size)
         measure, measured_on = self._measurer(request, profile)
 
@@ -253,6 +282,7 @@ class Exporter:
             "macs_dense": macs(dense, task.example_input),
             "sparsity": sparsity(final),
             "file": path.name,
+            "written_with": written,
             "size_bytes": path.stat().st_size,
             "size_bytes_dense": None,
             "parity": checks,
@@ -262,7 +292,7 @@ class Exporter:
         }
         if measure is not None:
             with tempfile.TemporaryDirectory(prefix="autoprune-dense-") as tmp:
-                dense_path = backend.export(dense, x, Path(tmp) / f"dense{backend.suffix}")
+                dense_path, _ = backend.deploy(dense, x, Path(tmp) / f"dense{backend.suffix}")
                 card["size_bytes_dense"] = dense_path.stat().st_size
                 stats, dense_stats = measure_interleaved(measure, [path, dense_path], x.numpy(), profile)
             card.update(

@@ -122,8 +122,8 @@ class Granularity:
 class GranularityRegistry(Registry[Granularity]):
     """The granularity registry; parametrised families (``n:8``, ``block4x4``) are built on first use."""
 
-    def __init__(self, kind: str) -> None:
-        super().__init__(kind)
+    def __init__(self, kind: str, group: Optional[str] = None) -> None:
+        super().__init__(kind, group)
         self._families: list[tuple[re.Pattern, str, Callable[[re.Match], Granularity]]] = []
 
     def add_family(self, pattern: str, label: str, build: Callable[[re.Match], Granularity]) -> None:
@@ -139,6 +139,8 @@ class GranularityRegistry(Registry[Granularity]):
 
     def get(self, name: str) -> Granularity:
         if name not in self._items:
+            self.load_plugins()
+        if name not in self._items:
             built = self._build(name) if isinstance(name, str) else None
             if built is None:
                 raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
@@ -146,6 +148,8 @@ class GranularityRegistry(Registry[Granularity]):
         return self._items[name]
 
     def __contains__(self, name: object) -> bool:
+        if name not in self._items:
+            self.load_plugins()
         if name in self._items:
             return True
         try:
@@ -154,10 +158,11 @@ class GranularityRegistry(Registry[Granularity]):
             return False
 
     def names(self) -> list[str]:
+        self.load_plugins()
         return sorted(set(self._items) | {label for _, label, _ in self._families})
 
 
-GRANULARITIES: GranularityRegistry = GranularityRegistry("granularity")
+GRANULARITIES: GranularityRegistry = GranularityRegistry("granularity", "autoprune.granularities")
 
 
 def register_granularity(

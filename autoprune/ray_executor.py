@@ -37,17 +37,16 @@ from tqdm.auto import tqdm
 
 from .config import Config
 from .controllers import Controller
-from .controllers.optuna_samplers import OptunaController, distributions, params_to_plan
 from .errors import AutopruneError
-from .executor import MAX_REPEATS, budget_left, open_study, repeat_of
+from .executor import MAX_REPEATS, budget_left, open_study, optuna_mirror, repeat_of
 from .front import device_front
 from .objectives import build_objectives
 from .plan import Plan
-from .search_space import UnitSpace
 from .stopping import DominanceRule, Report, append_reports, load_reports
-from .study import Study, open_optuna_storage
+from .study import Study
 from .trial import COMPLETE, FAILED, STOPPED, TrialContext, TrialResult
-from .tune_searcher import RECORD, RUNG, ControllerSearcher, lost_trial, metrics, record_from_result, trainable
+from .optuna_study import OptunaMirror
+from .tune_searcher import RECORD, RUNG, ControllerSearcher, lost_trial, record_from_result, trainable
 
 #: Tune's experiment folders of a study, one per run of the driver (the records stay the truth).
 TUNE_DIR = "tune"
@@ -158,16 +157,18 @@ class DominanceScheduler(FIFOScheduler):
 
 
 class StudySearcher(Searcher):
-    """The search algorithm of a study on Tune: wraps the controller's searcher (a
-    :class:`~autoprune.tune_searcher.ControllerSearcher`, or Tune's ``OptunaSearch`` for the
-    Optuna samplers) and keeps the study. It numbers trials, reuses the record of a plan
-    evaluated before, spends the config's budget, and writes each record (with its rung
-    reports) to the study directory as the trial finishes, before telling the inner searcher.
+    """The search algorithm of a study on Tune: wraps the controller's
+    :class:`~autoprune.tune_searcher.ControllerSearcher` (for every controller: the Optuna
+    samplers ask and tell in the study's Optuna study themselves) and keeps the study. It
+    numbers trials, reuses the record of a plan evaluated before, spends the config's budget,
+    and writes each record (with its rung reports) to the study directory as the trial
+    finishes, before telling the controller; ``mirror`` adds the records of a controller
+    without an Optuna study of its own to the study's Optuna study.
     """
 
     def __init__(
         self,
-        inner: Searcher,
+        inner: ControllerSearcher,
         config: Config,
         study: Study,
         records: list[TrialResult],
@@ -175,10 +176,9 @@ class StudySearcher(Searcher):
         on_trial: Optional[Callable[[TrialResult], None]] = None,
         progress: Optional[tqdm] = None,
         retries: int = 0,
-        space: Optional[dict[str, UnitSpace]] = None,
+        mirror: Optional[OptunaMirror] = None,
     ) -> None:
-        """``retries`` is only for the message of a lost trial; ``space`` maps an
-        ``OptunaSearch`` suggestion (Optuna parameters) to a plan."""
+        """``retries`` is only for the message of a lost trial."""
         super().__init__()
         self.inner = inner
         self.retries = retries
@@ -190,7 +190,7 @@ class StudySearcher(Searcher):
         self.progress = progress
         self.started = time.monotonic()
         self.objectives = build_objectives(config.objectives, config.devices)
-        self._space = space
+        self.mirror = mirror
         self._numbers = free_numbers({r.number for r in records})
         self._evaluated = {r.plan_key: r for r in records if r.state == COMPLETE}
         self._live: dict[str, tuple[str, Plan, int, int]] = {}
@@ -200,22 +200,13 @@ class StudySearcher(Searcher):
         self.cut_short = 0  # trials that ended unfinished, without a record
 
     def _propose(self, key: str, suggestion: dict) -> tuple[Plan, int]:
-        """The plan of the inner searcher's suggestion, and the handle its records keep (``trial_id``)."""
-        if isinstance(self.inner, ControllerSearcher):
-            return Plan.from_dict(suggestion["plan"]), self.inner.proposal(key).trial_id
-        from ray.tune.search.optuna import OptunaSearch
-
-        assert isinstance(self.inner, OptunaSearch) and self._space is not None
-        # OptunaSearch keeps the Optuna trial of each Tune trial by id; its number is the handle
-        return params_to_plan(suggestion, self._space), self.inner._ot_trials[key].number
+        """The plan of the controller's proposal, and the handle its records keep (``trial_id``)."""
+        return Plan.from_dict(suggestion["plan"]), self.inner.proposal(key).trial_id
 
     def _tell(self, key: str, record: TrialResult) -> None:
-        if isinstance(self.inner, ControllerSearcher):
-            self.inner.on_trial_complete(key, {RECORD: json.dumps(record.to_dict())})
-        elif record.state == COMPLETE:
-            self.inner.on_trial_complete(key, metrics(record, self.objectives))
-        else:  # OptunaSearch marks a trial without values PRUNED, or FAIL with error=True
-            self.inner.on_trial_complete(key, None, error=record.state == FAILED)
+        self.inner.on_trial_complete(key, {RECORD: json.dumps(record.to_dict())})
+        if self.mirror is not None:
+            self.mirror.add(record)
 
     @property
     def in_flight(self) -> int:
@@ -290,28 +281,6 @@ class StudySearcher(Searcher):
         return {"_metric": None, "_mode": None}
 
 
-def inner_searcher(config: Config, controller: Controller) -> Searcher:
-    """Tune's ``OptunaSearch`` for the Optuna controllers (same sampler, same study and storage,
-    multi-objective), a :class:`~autoprune.tune_searcher.ControllerSearcher` for the others.
-
-    The controller was resumed from the records first: for an Optuna study that settled the
-    trials a killed run left RUNNING and re-enqueued their parameters.
-    """
-    if not isinstance(controller, OptunaController):
-        return ControllerSearcher(controller)
-    from ray.tune.search.optuna import OptunaSearch
-
-    objectives = controller.objectives
-    return OptunaSearch(
-        space=distributions(controller.space),
-        metric=[o.label for o in objectives],
-        mode=["max" if o.direction == "maximize" else "min" for o in objectives],
-        sampler=controller.study.sampler,
-        study_name=controller.study.study_name,
-        storage=open_optuna_storage(config.storage or Study(config.study_dir).optuna_storage),
-    )
-
-
 def run_study_ray(
     config: Config,
     options: RayOptions = RayOptions(),
@@ -349,8 +318,9 @@ def _run_tune(
         )
         resources = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
         with tqdm(total=config.budget.trials, initial=len(records), desc=config.name, unit="trial", disable=not progress) as bar:
-            inner = inner_searcher(config, controller)
-            searcher = StudySearcher(inner, config, study, records, scheduler, on_trial, bar, options.max_retries, ctx.space)
+            inner = ControllerSearcher(controller)
+            mirror = optuna_mirror(config, controller, records)
+            searcher = StudySearcher(inner, config, study, records, scheduler, on_trial, bar, options.max_retries, mirror)
             tuner = tune.Tuner(
                 tune.with_resources(trial_fn, resources),
                 tune_config=tune.TuneConfig(

@@ -11,7 +11,7 @@ import socket
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import pandas as pd
 import yaml
@@ -22,6 +22,11 @@ from .errors import AutopruneError, ConfigError
 from .trial import TrialResult
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    import optuna
+
+    from .export import ExportResult
 
 #: Config keys that may change between runs of one study (the rest must match).
 MUTABLE_KEYS = {"budget", "export", "controller", "controller_options", "study_dir", "search_space", "min_accuracy", "max_accuracy_drop"}
@@ -39,7 +44,11 @@ class StudyLockedError(AutopruneError):
 
 
 class Study:
-    """Files of one study under ``path``."""
+    """One study: its directory under ``path`` (config, records, Optuna database, baseline,
+    exports) and what can be asked of it (:meth:`front`, :meth:`export`, :meth:`report`).
+
+    Get one from :func:`autoprune.search` or :func:`autoprune.load_study`.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -98,7 +107,12 @@ class Study:
         or check that they match those of an earlier run of the same study."""
         space_source = config.search_space_path()
         if not space_source.is_file():
-            raise ConfigError(f"search_space: file {config.search_space!r} not found (looked beside the config and in search_spaces/)")
+            from .paths import builtin_search_spaces
+
+            raise ConfigError(
+                f"search_space: {config.search_space!r} is neither a file (looked in the working directory and beside the config) "
+                f"nor a built-in space; built-in: {', '.join(builtin_search_spaces())}"
+            )
         if self.started():
             self.check(config)
         self.path.mkdir(parents=True, exist_ok=True)
@@ -135,6 +149,52 @@ class Study:
         rows = [r.flat() for r in self.records()]
         return pd.DataFrame(rows)
 
+    def front(
+        self, device: Optional[str] = None, max_latency_ms: Optional[float] = None, min_accuracy: Optional[float] = None, measure: bool = False
+    ) -> pd.DataFrame:
+        """The Pareto front, one row per member and device (see :func:`autoprune.front.front`)."""
+        from .front import front
+
+        return front(self, device=device, max_latency_ms=max_latency_ms, min_accuracy=min_accuracy, measure=measure)
+
+    def export(
+        self,
+        device: str,
+        max_latency_ms: Optional[float] = None,
+        min_accuracy: Optional[float] = None,
+        min_speedup: Optional[float] = None,
+        epochs: Optional[float] = None,
+        quantize: Optional[str] = None,
+        out_dir: Optional[str | Path] = None,
+    ) -> "ExportResult":
+        """Rebuild, fine-tune, export and verify the front member chosen for ``device``: the most
+        accurate one within ``max_latency_ms`` or ``min_speedup``, else the fastest one reaching
+        ``min_accuracy``, else the most accurate (see :mod:`autoprune.export`)."""
+        from .export import ExportRequest, Exporter, ExportResult
+
+        recipe = self.require().config().export.finetune
+        if epochs is not None:
+            recipe = recipe.model_copy(update={"epochs": epochs})
+        out = Path(out_dir) if out_dir else self.exports_dir / device
+        card = Exporter(self, recipe).export(ExportRequest(device, max_latency_ms, min_accuracy, min_speedup, quantize), out)
+        return ExportResult.from_card(card, out)
+
+    def report(self, out_dir: Optional[str | Path] = None) -> list[Path]:
+        """Write a Pareto-front plot per device and ``report.md``; returns the files written."""
+        from .report import write_report
+
+        return [Path(p) for p in write_report(self.path, out_dir)]
+
+    def optuna_study(self) -> "optuna.Study":
+        """The study's Optuna study (every trial, whatever the controller; see :mod:`autoprune.optuna_study`)."""
+        import optuna
+
+        config = self.require().config()
+        return optuna.load_study(study_name=config.name, storage=open_optuna_storage(config.storage or self.optuna_storage))
+
+    def __repr__(self) -> str:
+        return f"Study({str(self.path)!r})"
+
     def baseline(self) -> Optional[dict[str, Any]]:
         return json.loads(self.baseline_file.read_text()) if self.baseline_file.exists() else None
 
@@ -151,6 +211,11 @@ def _record(line: str) -> Optional[TrialResult]:
         return TrialResult.from_dict(data) if isinstance(data, dict) else None
     except (json.JSONDecodeError, TypeError):
         return None
+
+
+def load_study(path: str | Path) -> Study:
+    """The study in directory ``path`` (written by :func:`autoprune.search` or ``autoprune search``)."""
+    return Study(path).require()
 
 
 def open_optuna_storage(url: str) -> "optuna.storages.RDBStorage":

@@ -69,7 +69,7 @@ class Task:
     info: dict = field(default_factory=dict)
 
 
-TASKS: Registry[Callable[..., Task]] = Registry("task")
+TASKS: Registry[Callable[..., Task]] = Registry("task", "autoprune.tasks")
 
 
 def task_function(spec: str, options: Optional[dict[str, Any]] = None) -> Callable[..., Task]:

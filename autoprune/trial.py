@@ -6,6 +6,7 @@ times, fine-tunes and scores one plan and never raises: failures become records.
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 import traceback
@@ -30,6 +31,8 @@ from .units import Unit
 if TYPE_CHECKING:
     from .stopping import TrialMonitor
 
+log = logging.getLogger(__name__)
+
 #: Record states. A stopped trial was cut short by multi-fidelity stopping (see autoprune.stopping).
 COMPLETE, FAILED, STOPPED = "complete", "failed", "stopped"
 
@@ -44,11 +47,13 @@ class TrialResult:
     state: str = COMPLETE
     accuracy: Optional[float] = None
     latency_ms: dict[str, float] = field(default_factory=dict)
+    latency_source: dict[str, str] = field(default_factory=dict)  # per device: "lut" (lookup table) or "measured"
     params: Optional[int] = None
     macs: Optional[int] = None
     finetune_steps: int = 0
     timings: dict[str, float] = field(default_factory=dict)
-    error: Optional[str] = None
+    error: Optional[str] = None  # the exception, one line
+    traceback: Optional[str] = None  # the full traceback of a failed trial
     trial_id: Optional[int] = None
     controller: Optional[str] = None
     cached: bool = False
@@ -63,8 +68,9 @@ class TrialResult:
 
     def flat(self) -> dict[str, Any]:
         """One row for a table: latencies and timings spread into columns."""
-        row = {k: v for k, v in self.to_dict().items() if k not in ("latency_ms", "timings", "plan")}
+        row = {k: v for k, v in self.to_dict().items() if k not in ("latency_ms", "latency_source", "timings", "plan", "traceback")}
         row.update({f"latency_ms.{d}": v for d, v in self.latency_ms.items()})
+        row.update({f"latency_source.{d}": v for d, v in self.latency_source.items()})
         row.update({f"time_s.{k}": v for k, v in self.timings.items()})
         row["mean_ratio"] = Plan.from_dict(self.plan).mean_ratio()
         return row
@@ -112,6 +118,7 @@ def run_trial(ctx: TrialContext, plan: Plan, number: int, monitor: Optional["Tri
         result.macs = macs(model, ctx.task.example_input)
         t = time.perf_counter()
         result.latency_ms = checked_latencies(ctx.estimators, model, ctx.task.example_input)
+        result.latency_source = {d: est.method for d, est in ctx.estimators.items()}
         timings["latency_s"] = time.perf_counter() - t
         t = time.perf_counter()
         on_step = monitor.watch(ctx, result) if monitor is not None else None
@@ -130,6 +137,8 @@ def run_trial(ctx: TrialContext, plan: Plan, number: int, monitor: Optional["Tri
     except Exception as err:  # a failed trial is a record; the study goes on
         result.state = FAILED
         result.error = "".join(traceback.format_exception_only(err)).strip()
+        result.traceback = "".join(traceback.format_exception(err))
+        log.warning("trial %d failed: %s", number, result.error, exc_info=log.isEnabledFor(logging.DEBUG))
     timings["total_s"] = time.perf_counter() - start
     timings["other_s"] = max(0.0, timings["total_s"] - sum(timings.get(k, 0.0) for k in ("latency_s", "finetune_s", "eval_s")))
     result.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")

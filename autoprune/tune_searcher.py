@@ -19,7 +19,7 @@ a Tune experiment of your own::
     searcher.records  # one TrialResult per trial, in the order they finished
 
 ``autoprune search --backend ray`` (:mod:`autoprune.ray_executor`) runs the same trainable
-with this searcher (Tune's ``OptunaSearch`` for the Optuna samplers) inside a searcher that
+with this searcher (for every controller, the Optuna samplers included) inside a searcher that
 keeps the study directory, and adds resume and multi-fidelity stopping.
 """
 from __future__ import annotations

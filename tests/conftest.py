@@ -12,10 +12,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Dense models are trained into a temporary cache, never into the user's home."""
+    """Dense models are trained into a temporary cache and user profiles (tables measured
+    on demand) go into an empty temporary folder, never into the user's home; shipped
+    profiles are found as an installed package finds them."""
     mp = pytest.MonkeyPatch()
     mp.setenv("AUTOPRUNE_CACHE", str(tmp_path_factory.mktemp("cache")))
-    mp.setenv("AUTOPRUNE_PROFILES", str(REPO / "device_profiles"))
+    mp.setenv("AUTOPRUNE_PROFILES", str(tmp_path_factory.mktemp("profiles")))
     torch.set_num_threads(1)
     yield
     mp.undo()

@@ -82,5 +82,5 @@ def test_missing_files_and_unknown_device(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml: file not found"):
         load_config(tmp_path / "nope.yaml")
     config = load_config(write_config(tmp_path, devices=["pixel-42"]))
-    with pytest.raises(ConfigError, match=r"device 'pixel-42': no profile at .*profiles in .*onnxruntime-cpu"):
+    with pytest.raises(ConfigError, match=r"device 'pixel-42': no profile pixel-42/device.yaml in .*; known devices: .*onnxruntime-cpu"):
         build_context(config)

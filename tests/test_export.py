@@ -4,6 +4,8 @@ re-measured through the file, and ``--all-devices`` with its index."""
 from __future__ import annotations
 
 import json
+import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -247,3 +249,45 @@ def test_cli_export_measured_through_the_agent(two_device_study, agent_url, tmp_
     card = json.loads((tmp_path / "remote" / "model_card.json").read_text())
     assert card["measured_on"] == f"agent at {agent_url}" and card["file"] == "model.onnx"
     assert card["latency_ms_measured"] > 0 and card["latency_ms_dense_measured"] > 0
+
+
+class _ReadsItsInput(torch.nn.Module):
+    """Turns its input into NumPy: torch.export cannot follow it, TorchScript tracing takes it as a constant."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) * float(np.abs(x.detach().numpy()).max())
+
+
+def _onnx_output(path: Path, x: torch.Tensor) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+
+
+def test_deployed_onnx_goes_through_torch_export_with_parity(tmp_path):
+    pytest.importorskip("onnxscript", reason="the torch.export-based ONNX exporter needs onnxscript")
+    from autoprune.backends.onnxruntime import deploy_onnx
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 5)).eval()
+    x = torch.randn(1, 3, 6, 6)
+    path, written = deploy_onnx(model, x, tmp_path / "model.onnx")
+    assert written == {"exporter": "torch.onnx dynamo (torch.export)", "opset": 18}
+    np.testing.assert_allclose(_onnx_output(path, x), model(x).detach().numpy(), atol=1e-5)
+
+
+def test_a_model_torch_export_cannot_take_falls_back_and_says_why(tmp_path, caplog):
+    from autoprune.backends.onnxruntime import deploy_onnx
+
+    model, x = _ReadsItsInput().eval(), torch.randn(1, 3, 8, 8)
+    with caplog.at_level("WARNING", logger="autoprune"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer warns that the NumPy value becomes a constant
+        path, written = deploy_onnx(model, x, tmp_path / "model.onnx")
+    assert written["exporter"] == "torch.onnx TorchScript (fallback)" and written["opset"] == 17
+    assert written["fallback_reason"] and "\x1b" not in written["fallback_reason"]
+    assert any("ONNX export through torch.export failed" in m for m in caplog.messages)
+    np.testing.assert_allclose(_onnx_output(path, x), model(x).detach().numpy(), atol=1e-5)

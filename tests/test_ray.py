@@ -167,8 +167,8 @@ CONTROLLER_OPTIONS = {
 }
 
 
-#: evolution and rl through the ControllerSearcher, nsga2 through Tune's OptunaSearch (which
-#: also drives the fault, stopping and storage tests below; tpe takes the same path).
+#: Every controller through the ControllerSearcher; nsga2 (which also drives the fault,
+#: stopping and storage tests below; tpe takes the same path) asks and tells in its Optuna study.
 @pytest.mark.parametrize("name", ["evolution", "rl", "nsga2"])
 def test_controllers_drive_a_study_through_tune(driver, tmp_path, name):
     from autoprune.ray_executor import RayOptions, run_study_ray

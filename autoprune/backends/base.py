@@ -11,7 +11,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -63,6 +63,14 @@ class Backend(ABC):
     def export(self, model: torch.nn.Module, example_input: torch.Tensor, path: Path) -> Path:
         """Write ``model`` (eval mode, masks folded) in the runtime's format to ``path``."""
 
+    def deploy(self, model: torch.nn.Module, example_input: torch.Tensor, path: Path) -> tuple[Path, dict[str, Any]]:
+        """Write the model users deploy, and say how it was written (recorded in the model card).
+
+        By default the same as :meth:`export`; a backend whose preferred exporter is too slow
+        to run on every search trial uses it here.
+        """
+        return self.export(model, example_input, path), {}
+
     @abstractmethod
     def load(self, path: Path, threads: int = 1) -> Runner:
         """Load an exported file and return a function mapping an input array to the output."""
@@ -78,7 +86,7 @@ class Backend(ABC):
         return time_runner(self.load(path, threads), example_input, warmup, repeats)
 
 
-BACKENDS: Registry[type[Backend]] = Registry("device backend")
+BACKENDS: Registry[type[Backend]] = Registry("device backend", "autoprune.backends")
 
 
 def get_backend(name: str) -> Backend:

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..devices import DeviceProfile
 
 from .profile import add_target_arguments, remote_measurer, resolve_target
 
@@ -21,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--n", type=int, default=100, help="random candidates (default 100)")
     v.add_argument("--seed", type=int, default=12345)
     v.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds per candidate (default 3)")
-    v.add_argument("--out", help="folder for validation.csv/.json/.png (default: device_profiles/NAME/validation)")
+    v.add_argument("--out", help="folder for validation.csv/.json/.png (default: NAME/validation in the user's profile folder)")
     v.set_defaults(func=run_validate)
 
     s = lut.add_parser("show", help="summarise a device's table: rows per op, versions, calibrations")
@@ -30,8 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from ..devices import load_device
+    from ..devices import is_shipped, load_device
     from ..lut.profiler import bind_task
+    from ..paths import user_profiles_dir
     from ..lut.validate import validate
 
     task, options, space, devices = resolve_target(args)
@@ -44,11 +49,16 @@ def run_validate(args: argparse.Namespace) -> int:
             n=args.n, seed=args.seed, rounds=args.rounds, measurer=measurer, progress=lambda msg: print(f"  {msg}", flush=True), data=target.data,
         )
         result.info.update({"task": target.task.name, "space": target.space_path})
-        out = Path(args.out) / name if args.out and len(devices) > 1 else Path(args.out) if args.out else device.path / "validation"
+        out = Path(args.out) / name if args.out and len(devices) > 1 else Path(args.out) if args.out else validation_dir(device, is_shipped(device), user_profiles_dir())
         paths = result.save(out)
         print(result.summary())
         print(f"  written: {paths['csv']}, {paths['json']}, {paths['plot']}")
     return 0
+
+
+def validation_dir(device: "DeviceProfile", shipped: bool, user_root: Path) -> Path:
+    """``validation/`` in the device's folder; for a shipped (read-only) profile, in the user's folder."""
+    return (user_root / device.name if shipped else device.path) / "validation"
 
 
 def run_show(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from ..errors import AutopruneError
 
 def add_target_arguments(p: argparse.ArgumentParser) -> None:
     """The model and search space, given directly or through a study config."""
-    p.add_argument("--device", action="append", help="a profile under device_profiles/ (repeatable; default: the config's devices)")
+    p.add_argument("--device", action="append", help="a device profile: the user's or a shipped one (repeatable; default: the config's devices)")
     p.add_argument("--space", help="search-space YAML (default: the config's)")
     p.add_argument("--task", help="built-in task name or module:function (default: the config's)")
     p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE", help="task keyword argument, e.g. model=resnet20 (repeatable)")

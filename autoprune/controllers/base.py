@@ -138,7 +138,7 @@ class Controller(ABC):
             self.tell(Proposal(record.trial_id if record.trial_id is not None else record.number, Plan.from_dict(record.plan)), record)
 
 
-CONTROLLERS: Registry[type[Controller]] = Registry("controller")
+CONTROLLERS: Registry[type[Controller]] = Registry("controller", "autoprune.controllers")
 
 #: Constructor arguments the executor passes itself; not options of a config.
 _BOUND = {"self", "space", "objectives", "seed", "study_dir", "study_name", "cost_model"}

@@ -1,67 +1,27 @@
 """Optuna samplers as controllers: NSGA-II (the default) and multi-objective TPE.
 
 The Optuna study lives in the study directory (SQLite by default, any Optuna storage URL
-otherwise), so ``optuna-dashboard`` opens it. The study's trial records stay the source of
+otherwise), so ``optuna-dashboard`` opens it (see :mod:`autoprune.optuna_study`). The study's trial records stay the source of
 truth: on resume, trials a killed run left RUNNING are settled from the records (or
 failed and re-enqueued), and records from other controllers are added as finished trials.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from ..errors import ConfigError
 from ..objectives import values
-from ..plan import Plan, UnitChoice
-from ..search_space import UnitSpace
-from ..study import open_optuna_storage
-from ..trial import COMPLETE, STOPPED, TrialResult
+from ..optuna_study import add_record, create_optuna_study, distributions, optuna_state, params_to_plan, plan_to_params, record_attrs, recorded_numbers, storage_url
+from ..plan import Plan
+from ..trial import COMPLETE, TrialResult
 from .base import CONTROLLERS, Controller, Proposal
 from .encoding import warm_start_plans
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def distributions(space: Mapping[str, UnitSpace]) -> dict[str, BaseDistribution]:
-    """One Optuna distribution per searched dimension: ``UNIT:ratio``, ``UNIT:granularity``, ``UNIT:criterion``."""
-    dists: dict[str, BaseDistribution] = {}
-    for name, us in space.items():
-        r = us.rule.pruning_ratio
-        dists[f"{name}:ratio"] = FloatDistribution(r.low, r.high, step=r.step) if r.high > r.low else CategoricalDistribution([r.low])
-        if len(us.rule.granularities) > 1:
-            dists[f"{name}:granularity"] = CategoricalDistribution(us.rule.granularities)
-        if len(us.rule.criteria) > 1:
-            dists[f"{name}:criterion"] = CategoricalDistribution(us.rule.criteria)
-    return dists
-
-
-def params_to_plan(params: Mapping[str, Any], space: Mapping[str, UnitSpace]) -> Plan:
-    choices = {}
-    for name, us in space.items():
-        choices[name] = UnitChoice(
-            params.get(f"{name}:granularity", us.rule.granularities[0]),
-            float(params[f"{name}:ratio"]),
-            params.get(f"{name}:criterion", us.rule.criteria[0]),
-        )
-    return Plan.from_dict(choices)
-
-
-def plan_to_params(plan: Plan, space: Mapping[str, UnitSpace]) -> dict[str, Any]:
-    dists = distributions(space)
-    params: dict[str, Any] = {}
-    for name, us in space.items():
-        choice = plan[name] if name in dict(plan.choices) else UnitChoice(us.rule.granularities[0], us.rule.pruning_ratio.low)
-        params[f"{name}:ratio"] = choice.pruning_ratio
-        if f"{name}:granularity" in dists:
-            params[f"{name}:granularity"] = choice.granularity
-        if f"{name}:criterion" in dists:
-            params[f"{name}:criterion"] = choice.criterion
-    return params
+__all__ = ["NSGA2Controller", "OptunaController", "TPEController", "distributions", "params_to_plan", "plan_to_params"]
 
 
 class OptunaController(Controller):
@@ -78,17 +38,8 @@ class OptunaController(Controller):
         super().__init__(*args, **kwargs)
         if warm_start < 0:
             raise ConfigError(f"controller_options.warm_start: must be >= 0, but got {warm_start}")
-        storage = self.storage
-        if storage is None and self.study_dir is not None:
-            Path(self.study_dir).mkdir(parents=True, exist_ok=True)
-            storage = f"sqlite:///{Path(self.study_dir).resolve() / 'optuna.db'}"
-        self.study = optuna.create_study(
-            study_name=self.study_name,
-            storage=open_optuna_storage(storage) if storage is not None else None,
-            directions=[o.direction for o in self.objectives],
-            sampler=self.make_sampler(self.seed, **sampler_options),
-            load_if_exists=True,
-        )
+        storage = storage_url(self.study_dir, self.storage)
+        self.study = create_optuna_study(self.study_name, self.objectives, storage, self.make_sampler(self.seed, **sampler_options))
         earlier = len(self.study.get_trials(deepcopy=False))
         if earlier:
             # a sampler seeded as in the first run would draw that run's plans again
@@ -111,12 +62,14 @@ class OptunaController(Controller):
 
     def tell(self, proposal: Proposal, result: TrialResult) -> None:
         trial = self._pending.pop(proposal.trial_id, proposal.trial_id)
-        if result.state == COMPLETE:
+        if isinstance(trial, optuna.Trial):
+            for key, value in record_attrs(result).items():
+                trial.set_user_attr(key, value)
+        state = optuna_state(result)
+        if state == TrialState.COMPLETE:
             self.study.tell(trial, values(result, self.objectives))
-        elif result.state == STOPPED:
-            self.study.tell(trial, state=TrialState.PRUNED)
         else:
-            self.study.tell(trial, state=TrialState.FAIL)
+            self.study.tell(trial, state=state)
 
     def resume(self, records: Sequence[TrialResult]) -> None:
         """Settle trials a killed run left RUNNING and import records made by other controllers."""
@@ -131,19 +84,12 @@ class OptunaController(Controller):
             else:
                 self.study.tell(number, state=TrialState.FAIL)
                 self.study.enqueue_trial(dict(t.params), skip_if_exists=False)
+        present = recorded_numbers(self.study)
         for record in records:
-            if record.trial_id in trials and _optuna_family(record.controller):
+            if (record.trial_id in trials and _optuna_family(record.controller)) or record.number in present:
                 continue
-            plan = Plan.from_dict(record.plan)
-            if record.state == COMPLETE and set(plan.to_dict()) == set(self.space):
-                self.study.add_trial(
-                    optuna.trial.create_trial(
-                        params=plan_to_params(plan, self.space),
-                        distributions=self._dists,
-                        values=values(record, self.objectives),
-                        user_attrs={"record": record.number},
-                    )
-                )
+            if record.state == COMPLETE and set(Plan.from_dict(record.plan).to_dict()) == set(self.space):
+                add_record(self.study, record, self.objectives, self.space)
 
 
 def resume_seed(seed: int, trials: int) -> int:

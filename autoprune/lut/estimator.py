@@ -5,7 +5,8 @@ FFN kernels for BERT-style encoders), looked up in the table (sparse layers as t
 kernel unless the table measures sparse keys) and summed; the device's calibration for that
 architecture, or for its family when the architecture was calibrated on too few models
 (variants with removed blocks or layers), turns the sum into end-to-end milliseconds. A key the table lacks is measured on the spot when the device is
-this machine (and added to the table); on any other device it is an error naming the key.
+this machine (and added to the table, in the user's copy of a shipped profile); on any other
+device it is an error naming the key.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..devices import DeviceProfile
+from ..devices import DeviceProfile, is_shipped, writable_profile
 from ..errors import MissingLatencyKeyError
 from ..latency import LatencyEstimator
 from .keys import Kernel, architecture, extract_kernels, weight_mb
@@ -49,6 +50,9 @@ class LUTEstimator(LatencyEstimator):
                 )
             from .profiler import measure_keys
 
+            if is_shipped(self.device):
+                self.device = writable_profile(self.device, with_table=True)
+                self.table.folder = self.device.path
             self.table.append(measure_keys(self.device, missing, self.table))
             self.measured_on_demand += len(missing)
         return kernels

@@ -22,7 +22,7 @@ from ..apply import apply_plan
 from ..backends import LatencyStats, get_backend
 from ..criteria import GRADIENT_CRITERIA, Calibration as CriterionData
 from ..errors import ConfigError
-from ..devices import DeviceProfile
+from ..devices import DeviceProfile, writable_profile
 from ..latency import batched, deployable
 from ..plan import Plan
 from ..search_space import UnitSpace
@@ -148,7 +148,8 @@ def profile(
     data: Optional[CriterionData] = None,
     sparse_keys: Optional[str] = None,
 ) -> ProfileReport:
-    """Fill ``device``'s table with every kernel ``space`` can produce for ``model`` and
+    """Fill ``device``'s table (in the user's profile folder: a shipped profile's ``device.yaml``
+    is copied there and gets a table of this machine's own) with every kernel ``space`` can produce for ``model`` and
     calibrate the model's end-to-end latency from ``calibration`` whole-model measurements.
 
     ``progress(done, total)`` is called after each chunk of kernels. Keys already in the
@@ -161,6 +162,7 @@ def profile(
     from ..transformer_kernels import is_transformer
 
     start = time.perf_counter()
+    device = writable_profile(device, with_table=False)
     table = open_table(device, remote=measurer is not None, sparse_keys=sparse_keys)
     if measurer is not None:
         table.meta.notes = table.meta.notes or "measured through a remote measurer"
@@ -268,7 +270,11 @@ def bind_task(task: str, space_path: str, task_options: Optional[Mapping[str, An
     from ..structure import search_units
     from ..tasks import load_task
 
+    from ..config import resolve_file
+    from ..paths import SEARCH_SPACES
+
     loaded = load_task(task, **dict(task_options or {}))
+    space_path = str(resolve_file(space_path, None, SEARCH_SPACES))
     space = SearchSpace.load(space_path)
     units = search_units(loaded.model, loaded.example_input, space.protect)
     bound = space.resolve(units)
