@@ -16,7 +16,7 @@ applied per weight and summed over the item.
   ``1/2 * E[g^2] * w^2`` (LeCun et al., 1990; Theis et al., 2018).
 - ``snip``: connection sensitivity ``|w * g|`` (Lee et al., 2019), taken per calibration batch.
 - ``grasp``: gradient-signal preservation, ``w * (H g)`` by double backpropagation (Wang et
-  al., 2020): a weight whose removal would shrink the gradient norm scores high.
+  al., 2020): a weight whose removal would shrink the gradient flow most scores highest.
 - ``activation``: mean absolute activation of a channel over calibration batches (as it
   enters the next layers); per weight, ``|w|`` times the mean absolute activation of its
   input channel (the rule of Wanda, Sun et al., 2023).
@@ -46,8 +46,6 @@ CRITERIA: Registry[Callable[[], tp.importance.Importance]] = Registry("criterion
 
 #: Criteria that read ``.grad``: a plan using them needs calibration data.
 GRADIENT_CRITERIA = frozenset({"taylor", "fisher", "snip", "grasp"})
-#: Gradient criteria whose ``.grad`` holds a per-weight saliency rather than the gradient.
-SALIENCY_CRITERIA = frozenset({"fisher", "snip", "grasp"})
 #: Criteria that read the activations of calibration batches (forward passes only).
 ACTIVATION_CRITERIA = frozenset({"activation", "apoz"})
 #: Attribute holding ``(mean |x|, share of non-zero x)`` per input channel of a layer.

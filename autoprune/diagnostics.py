@@ -101,14 +101,18 @@ def is_classification(model: nn.Module, data: Dataset) -> bool:
     """``data`` yields ``(input, integer label)`` and ``model`` returns one logit per class."""
     try:
         x, y = data[0]
-    except (TypeError, ValueError, IndexError):
+        label = torch.as_tensor(y)
+    except (TypeError, ValueError, IndexError, KeyError):
         return False
-    label = torch.as_tensor(y)
     if label.dim() != 0 or label.dtype.is_floating_point or label.dtype == torch.bool:
         return False
     model.eval()
-    with torch.no_grad():
-        out = model(torch.as_tensor(x)[None].to(model_device(model)))
+    try:
+        with torch.no_grad():
+            out = model(torch.as_tensor(x)[None].to(model_device(model)))
+    except Exception as err:  # an input the model cannot take alone: not a task these diagnostics fit
+        log.info("no quality diagnostics: the model does not take one sample of the data (%s)", err)
+        return False
     return isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[1] > int(label)
 
 
