@@ -31,12 +31,15 @@ class Budget(BaseModel):
 
 
 class ExportOptions(BaseModel):
-    """The longer fine-tune an exported model gets."""
+    """The longer fine-tune an exported model gets, and the quality bound it is checked against."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     finetune: FinetuneRecipe = FinetuneRecipe(epochs=5, lr=0.01)
     iterative: Optional[IterativeSchedule] = Field(None, description="prune in steps with fine-tuning between (cubic schedule); null = one shot")
+    max_class_drop: Optional[float] = Field(
+        None, gt=0, lt=1, description="flag an exported classifier whose worst class lost more accuracy than this (0..1) against the dense model; null = never"
+    )
 
 
 class Stopping(BaseModel):

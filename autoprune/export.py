@@ -6,7 +6,9 @@ litert-torch for LiteRT, a ``torch.export`` ``.pt2`` program for PyTorch). Chann
 physically shrinks the exported layers; sparse granularities leave their zeros in the
 weights. Every export is verified: outputs of the file against PyTorch on validation data
 (max abs difference, top-1 agreement), latency measured on the device (interleaved with
-the dense model exported the same way) beside the predicted one, and file size. An
+the dense model exported the same way) beside the predicted one, and file size; for
+classifiers, per-class accuracy, calibration and accuracy under noise and blur beside the
+dense model's (:mod:`autoprune.diagnostics`), flagged past ``export.max_class_drop``. An
 optional int8 post-training quantization (:mod:`autoprune.quantize`) adds a second file,
 verified the same way, with its accuracy re-measured through the file.
 
@@ -30,6 +32,7 @@ import torch
 from .backends import LatencyStats, get_backend
 from .context import study_context
 from .devices import DeviceProfile, load_device
+from .diagnostics import classifier_quality, compare
 from .errors import AutopruneError
 from .front import device_front, front_limits
 from .granularity import sparsity
@@ -193,6 +196,7 @@ class Exporter:
     trust_task: bool = False  # import a ``module:function`` task the study names (see :func:`~autoprune.context.study_context`)
     _ctx: Optional[TrialContext] = None
     _tuned: dict[str, _Tuned] = field(default_factory=dict)
+    _quality: dict[str, Optional[dict[str, Any]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.study = self.study.require()
@@ -230,6 +234,16 @@ class Exporter:
             model.cpu()
             self._tuned[member.plan_key] = _Tuned(model, accuracy, steps, time.perf_counter() - started)
         return self._tuned[member.plan_key]
+
+    def quality(self, member: TrialResult) -> Optional[dict[str, Any]]:
+        """The model card's ``quality`` section for ``member`` (see :mod:`autoprune.diagnostics`);
+        the dense model's diagnostics are measured once, each plan's once."""
+        task = self.ctx.task
+        if "" not in self._quality:
+            self._quality[""] = classifier_quality(task.model, task.val)
+        if member.plan_key not in self._quality:
+            self._quality[member.plan_key] = classifier_quality(self.tuned(member).model, task.val)
+        return compare(self._quality[member.plan_key], self._quality[""], self.config.export.max_class_drop)
 
     def export(self, request: ExportRequest, out_dir: Optional[Union[str, Path]] = None) -> dict[str, Any]:
         """Export the member :meth:`choose` picks for ``request.device`` into ``out_dir``;
@@ -289,6 +303,7 @@ class Exporter:
             "quantized": None,
             "finetune": {**self.recipe.model_dump(mode="json"), "steps": tuned.steps, "seconds": tuned.seconds},
             "iterative": self.config.export.iterative.model_dump(mode="json") if self.config.export.iterative else None,
+            "quality": self.quality(member),
         }
         if measure is not None:
             with tempfile.TemporaryDirectory(prefix="autoprune-dense-") as tmp:
@@ -427,6 +442,9 @@ def write_index(out: Path, study: Study, cards: Mapping[str, dict[str, Any]]) ->
         row["parity_top1_agreement"] = card["parity"]["top1_agreement"]
         row["file"] = f"{device}/{card['file']}"
         row["model_card"] = f"{device}/model_card.json"
+        quality = card.get("quality") or {}
+        row["worst_class_drop"] = quality.get("worst_class_drop")
+        row["quality_flagged"] = quality.get("flagged", False)
         if card.get("quantized"):
             quant = card["quantized"]
             row["int8"] = {"file": f"{device}/{quant['file']}", "accuracy": quant["accuracy"], "size_bytes": quant["size_bytes"], "latency_ms_measured": quant["latency_ms_measured"]}
@@ -439,6 +457,9 @@ def write_index(out: Path, study: Study, cards: Mapping[str, dict[str, Any]]) ->
 
     lines = [f"# Exported models of {study.path}", "", "| " + " | ".join(INDEX_COLUMNS) + " |", "|" + "---|" * len(INDEX_COLUMNS)]
     lines += ["| " + " | ".join(fmt(row[c]) for c in INDEX_COLUMNS) + " |" for row in rows]
+    flagged = [row for row in rows if row["quality_flagged"]]
+    if flagged:
+        lines += ["", "Flagged (worst class lost more than export.max_class_drop): " + ", ".join(f"{r['device']} ({r['worst_class_drop']:.4g})" for r in flagged)]
     quantized = [row for row in rows if "int8" in row]
     if quantized:
         lines += ["", "int8 files: " + ", ".join(f"{r['int8']['file']} (accuracy {r['int8']['accuracy']:.4g})" for r in quantized)]

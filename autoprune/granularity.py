@@ -26,7 +26,17 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune
 
-from .criteria import CRITERIA, GRADIENT_CRITERIA, Calibration, weight_scores
+from .criteria import (
+    ACTIVATION_CRITERIA,
+    CRITERIA,
+    GRADIENT_CRITERIA,
+    GRADIENT_FILLERS,
+    Calibration,
+    activations_current,
+    clear_input_activations,
+    record_input_activations,
+    weight_scores,
+)
 from .errors import AutopruneError, UnknownNameError
 from .registry import Registry
 from .units import Unit, build_graph
@@ -43,16 +53,19 @@ class PruneContext:
 
     The dependency graph is built lazily, once, on the first channel granularity; a
     granularity that changes the model outside Torch-Pruning calls :meth:`changed` so the
-    graph is rebuilt. Gradients for Taylor scores come from ``calibration``, computed once
-    when first needed (one-shot Taylor) and sliced along with the weights by every
-    structural change; :meth:`close` drops them.
+    graph is rebuilt. Gradients (or per-weight saliencies) for gradient criteria come from
+    ``calibration``, computed when first needed (one-shot) and sliced along with the weights
+    by every structural change; they are recomputed only when a unit asks for another
+    gradient criterion than the one in ``.grad``. Activation statistics are recorded again
+    whenever the structure has changed. :meth:`close` drops both.
     """
 
     model: nn.Module
     example_input: torch.Tensor
     calibration: Optional[Calibration] = None
     _graph: Optional[tp.DependencyGraph] = None
-    _gradients: bool = field(default=False, repr=False)
+    _gradients: Optional[str] = field(default=None, repr=False)
+    _activations: bool = field(default=False, repr=False)
 
     @property
     def graph(self) -> tp.DependencyGraph:
@@ -75,25 +88,39 @@ class PruneContext:
         return [name for name in unit.layers if self.has_layer(name)]
 
     def changed(self) -> None:
-        """The model's structure changed outside Torch-Pruning: rebuild the graph when next needed."""
+        """The model's structure changed outside Torch-Pruning: rebuild the graph and activations when next needed."""
         self._graph = None
+        if self._activations:
+            clear_input_activations(self.model)
 
     def close(self) -> None:
-        """Drop the calibration gradients (the pruned model leaves without ``.grad``)."""
+        """Drop the calibration gradients and activation statistics (the pruned model leaves clean)."""
         if self._gradients:
             self.model.zero_grad(set_to_none=True)
-            self._gradients = False
+            self._gradients = None
+        if self._activations:
+            clear_input_activations(self.model)
+            self._activations = False
 
     def ensure_gradients(self, criterion: str) -> None:
-        """Accumulate the loss gradients gradient-based criteria read (once per structure)."""
-        if self._gradients:
+        """Fill ``.grad`` as ``criterion`` reads it (once, unless another gradient criterion filled it since)."""
+        if self._gradients == criterion:
             return
         if self.calibration is None:
             raise AutopruneError(
                 f"criterion {criterion!r} needs gradients: pass calibration=Calibration(data, loss) to apply_plan"
             )
-        self.calibration.accumulate_gradients(self.model)
-        self._gradients = True
+        self.model.zero_grad(set_to_none=True)
+        GRADIENT_FILLERS[criterion](self.model, self.calibration)
+        self._gradients = criterion
+
+    def ensure_activations(self) -> None:
+        """Record every layer's input statistics over the calibration batches, unless still current."""
+        if self._activations and activations_current(self.model):
+            return
+        inputs = self.calibration.input_batches() if self.calibration is not None else [self.example_input]
+        record_input_activations(self.model, inputs)
+        self._activations = True
 
     def inputs(self) -> torch.Tensor:
         """A batch of model inputs for activation-based scores: calibration data if any, else the example."""
@@ -221,9 +248,14 @@ def channel_scores(ctx: PruneContext, unit: Unit, criterion: str, group: tp.Grou
     """One score per channel of the coupled group (Torch-Pruning importance, aggregated over it)."""
     if criterion in GRADIENT_CRITERIA:
         ctx.ensure_gradients(criterion)
+    elif criterion in ACTIVATION_CRITERIA:
+        ctx.ensure_activations()
     scores = CRITERIA.get(criterion)()(group)
     if scores is None:
-        raise AutopruneError(f"criterion {criterion!r} found nothing to score in unit {unit.name!r} (bn-scale needs a BatchNorm after the unit's layers)")
+        raise AutopruneError(
+            f"criterion {criterion!r} found nothing to score in unit {unit.name!r} "
+            "(bn-scale needs a BatchNorm after the unit's layers; activation and apoz need a layer reading its channels)"
+        )
     return scores
 
 

@@ -1,6 +1,8 @@
-"""Plots and an overview of a study: one Pareto-front PNG per device and a markdown index."""
+"""Plots and an overview of a study: one Pareto-front PNG per device and a markdown index,
+with the quality diagnostics of the models exported so far."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -60,6 +62,58 @@ def write_report(study_dir: str | Path, out_dir: Optional[str | Path] = None) ->
         written.append(png)
         table = front(study, device=device).drop(columns=["device"])
         lines += [f"## {device}", "", f"![front]({png.name})", "", table.to_markdown(index=False, floatfmt=".4g") if len(table) else "(no front)", ""]
+    lines += quality_section(study)
     md = out / "report.md"
     md.write_text("\n".join(lines))
     return [md, *written]
+
+
+QUALITY_COLUMNS = [
+    "device", "trial", "accuracy", "accuracy_dense", "worst_class", "worst_class_drop", "ece", "ece_dense",
+    "accuracy_noise", "accuracy_noise_dense", "accuracy_blur", "accuracy_blur_dense", "flagged",
+]
+
+
+def quality_rows(study: Study) -> list[dict]:
+    """One row per exported model card under the study's exports folder that has diagnostics."""
+    rows = []
+    for path in sorted(study.exports_dir.glob("*/model_card.json")):
+        card = json.loads(path.read_text())
+        quality = card.get("quality")
+        if not quality:
+            continue
+        pruned, dense = quality["pruned"], quality["dense"]
+        rows.append({
+            "device": card["device"], "trial": card["trial"],
+            "accuracy": pruned["accuracy"], "accuracy_dense": dense["accuracy"],
+            "worst_class": quality["worst_class"], "worst_class_drop": quality["worst_class_drop"],
+            "ece": pruned["ece"], "ece_dense": dense["ece"],
+            "accuracy_noise": pruned["accuracy_noise"], "accuracy_noise_dense": dense["accuracy_noise"],
+            "accuracy_blur": pruned["accuracy_blur"], "accuracy_blur_dense": dense["accuracy_blur"],
+            "flagged": "yes" if quality["flagged"] else "",
+        })
+    return rows
+
+
+def quality_section(study: Study) -> list[str]:
+    """Markdown lines: the exported models' quality beside the dense model's (nothing if none exported)."""
+    rows = quality_rows(study)
+    if not rows:
+        return []
+
+    def fmt(value: object) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value))
+
+    bound = study.config().export.max_class_drop
+    lines = [
+        "## Exported models: quality beyond top-1",
+        "",
+        "Per-class accuracy (the worst class's drop against the dense model), expected calibration error "
+        "(15 bins) and accuracy under fixed Gaussian noise and blur; "
+        + (f"flagged when the worst class lost more than {bound:.4g}." if bound is not None else "no `export.max_class_drop` bound set."),
+        "",
+        "| " + " | ".join(QUALITY_COLUMNS) + " |",
+        "|" + "---|" * len(QUALITY_COLUMNS),
+    ]
+    lines += ["| " + " | ".join(fmt(row[c]) for c in QUALITY_COLUMNS) + " |" for row in rows]
+    return lines + [""]
