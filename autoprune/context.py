@@ -29,7 +29,7 @@ def build_context(config: Config) -> TrialContext:
             raise ConfigError(f"{space_path}: protect[{i}] {pattern!r} matches no layer of the model")
     units = with_structure_units(task.model, task.example_input, prunable_units(task.model, task.example_input, space.protect), space.protect)
     bound = space.resolve(units)
-    estimators = {name: estimator_for(load_device(name), config.latency) for name in config.devices}
+    estimators = {name: estimator_for(load_device(name), config.latency, task.model, task.example_input) for name in config.devices}
     return TrialContext(task, {u.name: u for u in units if u.name in bound}, bound, estimators, config.finetune, config.seed)
 
 

@@ -13,12 +13,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     v = lut.add_parser(
         "validate",
-        help="predict random plans from the table, measure them on the device, report the error",
-        description="Draw N random plans from SPACE, predict their latency from the device's table, measure each twice "
-        "on the device, and report MAPE, the share within ±10%% and ±5%%, Kendall's tau and the noise floor.",
+        help="predict plans over the whole pruning range from the table, measure them on the device, report the error",
+        description="Predict from the device's table the uniform plan at every ratio of SPACE, its corners and N random plans, "
+        "measure each twice on the device beside the dense model, and report the error of their ratios to the dense model: "
+        "MAPE, the share within ±10%% and ±5%%, Kendall's tau, per band of measured speedup, with the noise floor beside.",
     )
     add_target_arguments(v)
-    v.add_argument("--n", type=int, default=100, help="random candidates (default 100)")
+    v.add_argument("--n", type=int, default=100, help="random candidates, besides the uniform plans and the corners (default 100)")
+    v.add_argument("--time-cap", type=float, default=300.0, metavar="SECONDS", help="most seconds per timing pass (default 300)")
     v.add_argument("--seed", type=int, default=12345)
     v.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds per candidate (default 3)")
     v.add_argument("--out", help="folder for validation.csv/.json/.png (default: device_profiles/NAME/validation)")
@@ -42,6 +44,7 @@ def run_validate(args: argparse.Namespace) -> int:
         result = validate(
             device, target.task.model, target.task.example_input, target.units, target.space,
             n=args.n, seed=args.seed, rounds=args.rounds, measurer=measurer, progress=lambda msg: print(f"  {msg}", flush=True), data=target.data,
+            time_cap_s=args.time_cap,
         )
         result.info.update({"task": target.task.name, "space": target.space_path})
         out = Path(args.out) / name if args.out and len(devices) > 1 else Path(args.out) if args.out else device.path / "validation"
