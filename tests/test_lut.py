@@ -228,7 +228,7 @@ def test_cli_profile_then_validate(tmp_path, monkeypatch):
     common = ["--device", "onnxruntime-cpu", "--space", str(space), "--task", "digits", "--task-option", "model=resnet-tiny", "--task-option", "epochs=3"]
     assert main(["profile", *common, "--calibration", "3", "--rounds", "1", "--time-cap", "4", "--no-progress"]) == 0
     stored = yaml.safe_load(load_device("onnxruntime-cpu").path.joinpath("latency_table.yaml").read_text())["validation"]
-    assert stored["n"] == 3 + 2 + 2 and 0 <= stored["within_10_pct"] <= 100 and "noise_within_10_pct" in stored  # the closing check is kept
+    assert stored["n"] == 4 + 2 + 2 and 0 <= stored["within_10_pct"] <= 100 and "noise_within_10_pct" in stored  # the closing check is kept
     assert main(["lut", "validate", *common, "--n", "4", "--rounds", "1", "--time-cap", "4", "--out", str(tmp_path / "val")]) == 0
     report = yaml.safe_load((tmp_path / "val" / "validation.json").read_text())
     assert report["metrics"]["n"] == 4 + 2 + 2 and 0 <= report["metrics"]["mape_pct"] < 100  # random, uniform 0 and 0.5, two corners
