@@ -211,47 +211,65 @@ def ratio_interval(log_ratios: Sequence[float]) -> tuple[float, float]:
     return ratio, float(np.expm1(half) * 100.0)
 
 
+#: Calls in a row before switching between a model and its reference within a visit.
+BLOCK_CALLS = 5
+
+
+def _timed_calls(m: Timed, calls: int, out: list[float]) -> None:
+    run, x = m.run, m.x
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        run(x)
+        out.append((time.perf_counter() - t0) * 1e3)
+
+
 def time_relative(
     models: Sequence[Timed], reference: int, warmup: int = 10, rounds: Rounds = Rounds(), progress: Optional[RoundsProgress] = None
 ) -> tuple[list[LatencyStats], list[Relative]]:
-    """Time ``models`` in rounds, each model's calls per round beside the reference's, and
-    return every model's absolute stats and its ratio to ``models[reference]``.
+    """Time ``models`` in rounds, each model's calls beside the reference's, and return every
+    model's absolute stats and its ratio to ``models[reference]``.
 
-    Each round visits all models (in an order rotated every round, so none always follows
-    another) and records each model's median call time; the ratio of a model's median to the
-    reference's in the same round cancels a drift of the machine's speed that lasts longer
-    than a round. Rounds are added until every ratio's interval is within ``rounds.ci_pct``.
+    Each round visits all models (in an order rotated every round); a visit alternates
+    blocks of :data:`BLOCK_CALLS` calls of the model and of the reference until each had
+    ``rounds.calls_per_round`` calls, and records the ratio of their medians. On a shared
+    machine a slow spell lasts longer than a few calls, so it slows model and reference
+    alike and leaves their ratio; the median over rounds of these ratios is the estimate.
+    Rounds are added until every ratio's interval is within ``rounds.ci_pct``.
     """
     for m in models:
         for _ in range(warmup):
             m.run(m.x)
     start = time.perf_counter()
     samples: list[list[float]] = [[] for _ in models]
-    medians: list[list[float]] = [[] for _ in models]
+    log_ratios: list[list[float]] = [[] for _ in models]
     n = len(models)
+    calls = max(rounds.calls_per_round, 1)
+    ref_model = models[reference]
     done = 0
     while True:
         for j in range(n):
             i = (j + done) % n
-            m, out = models[i], []
-            run, x = m.run, m.x
-            for _ in range(max(rounds.calls_per_round, 1)):
-                t0 = time.perf_counter()
-                run(x)
-                out.append((time.perf_counter() - t0) * 1e3)
-            samples[i].extend(out)
-            medians[i].append(statistics.median(out))
+            if i == reference:
+                continue
+            mine: list[float] = []
+            theirs: list[float] = []
+            while len(mine) < calls:
+                block = min(BLOCK_CALLS, calls - len(mine))
+                _timed_calls(ref_model, block, theirs)
+                _timed_calls(models[i], block, mine)
+            samples[i].extend(mine)
+            samples[reference].extend(theirs)
+            log_ratios[i].append(float(np.log(statistics.median(mine) / statistics.median(theirs))))
         done += 1
-        ref = np.log(medians[reference])
-        intervals = [ratio_interval(np.log(medians[i]) - ref) for i in range(n)]
-        worst = max(ci for i, (_, ci) in enumerate(intervals) if i != reference) if n > 1 else 0.0
+        intervals = [(1.0, 0.0) if i == reference else ratio_interval(log_ratios[i]) for i in range(n)]
+        worst = max(ci for _, ci in intervals) if n > 1 else 0.0
         spent = time.perf_counter() - start
         if progress:
             progress(done, spent, worst)
-        if done >= rounds.min_rounds and (worst <= rounds.ci_pct or done >= rounds.max_rounds or spent >= rounds.time_cap_s):
+        if n == 1 or done >= rounds.min_rounds and (worst <= rounds.ci_pct or done >= rounds.max_rounds or spent >= rounds.time_cap_s):
             break
-    relative = [Relative(1.0 if i == reference else r, 0.0 if i == reference else ci, done) for i, (r, ci) in enumerate(intervals)]
-    return [stats_of(s) for s in samples], relative
+    relative = [Relative(r, ci, done) for r, ci in intervals]
+    return [stats_of(s) if s else stats_of([0.0]) for s in samples], relative
 
 
 def measure_relative(
