@@ -67,9 +67,19 @@ def run_show(args: argparse.Namespace) -> int:
     print(f"  measured on {meta.machine.get('cpu', '?')} ({meta.machine.get('cores', '?')} cores), {meta.backend}, {meta.threads} thread(s), batch {meta.batch_size}, {meta.dtype}")
     print(f"  versions: {', '.join(f'{k} {v}' for k, v in meta.versions.items())}; created {meta.created}, updated {meta.updated}")
     print(f"  call overhead {meta.overhead_ms * 1000:.1f} us; framing {meta.framing}")
+    v = meta.validation
+    if v:
+        print(
+            f"  validated on {v.get('cpu', '?')} at {v.get('at', '?')}: {float(v.get('within_10_pct', 0)):.0f}% of {v.get('n', '?')} plans within ±10% "
+            f"(noise floor {float(v.get('noise_within_10_pct', 0)):.0f}%), MAPE {float(v.get('mape_pct', 0)):.2f}%"
+        )
+    else:
+        print(f"  never validated: `latency: auto` measures instead; `autoprune profile --device {args.device}` validates it")
     models = sorted({p.model for p in meta.calibration})
     for model in models:
         points = [p for p in meta.calibration if p.model == model]
         cal = table.calibration_for(model, points[0].family)
         print(f"  calibration {model}: {len(points)} points, latency = {cal.overhead_ms:.4f} {cal.per_kernel_ms:+.4f} x kernels + {cal.scale:.3f} x sum + {cal.per_mb_ms:.4f} x weight MB (ms)")
+        for flag in cal.flags:
+            print(f"    flag: {flag}")
     return 0
