@@ -129,7 +129,7 @@ def test_profile_resumes_after_interruption(tiny_resnet_task, tmp_path):
             raise Stop
 
     with pytest.raises(Stop):  # sparse layers get keys of their own, to measure whether sparsity pays off
-        profile(device, task.model, task.example_input, units, bound, calibration=3, rounds=1, chunk=8, progress=stop_after_first_chunk, sparse_keys="measured")
+        profile(device, task.model, task.example_input, units, bound, calibration=3, rounds=1, chunk=8, progress=stop_after_first_chunk, sparse_keys="measured", time_cap_s=5)
     with open(device.path / "latency_table.csv") as f:
         first = [row["key"] for row in csv.DictReader(f)]
     assert len(first) == 8
@@ -308,6 +308,6 @@ def test_profile_and_predict_on_a_gpu_backend(backend, request, tmp_path):
     units, bound, _ = bind(task, tmp_path, {"rules": [{"match": "*", "pruning_ratio": {"low": 0.0, "high": 0.5, "step": 0.5}}]})
     make_device(tmp_path, "gpu", backend=backend)
     device = load_device("gpu", tmp_path)
-    report = profile(device, task.model, task.example_input, units, bound, calibration=3, rounds=1)
+    report = profile(device, task.model, task.example_input, units, bound, calibration=3, rounds=1, time_cap_s=5, self_check=False)
     assert report.measured == report.keys > 0 and load_table(device).meta.context == "sum"
     assert LUTEstimator(device).latency_ms(task.model, task.example_input) > 0
