@@ -30,7 +30,7 @@ import yaml
 
 from autoprune.devices import load_device
 from autoprune.lut.profiler import bind_task, profile
-from autoprune.lut.validate import SPEEDUP_BANDS, validate
+from autoprune.lut.validate import band_metrics, validate
 
 from .machine import machine_markdown
 
@@ -40,6 +40,7 @@ COLUMNS = [
     "model", "device", "profile", "within10", "mape", "bias", "tau", "noise_within10",
     "uniform_max_speedup_predicted", "uniform_max_speedup_measured",
 ]
+DETAIL = ["self_check_within10", "self_check_noise_within10", "calibration_flags", "profile_s", "validate_s", "load_start", "load_end"]
 
 
 def fresh_device(device: str, label: str, root: Path) -> str:
@@ -54,11 +55,62 @@ def fresh_device(device: str, label: str, root: Path) -> str:
     return name
 
 
+def bands_and_sweeps(model: str, device: str, profile: int, rows: pd.DataFrame) -> tuple[list[dict], list[dict]]:
+    """The per-band errors and the uniform sweep of one validation's per-candidate rows."""
+    bands, sweeps = [], []
+    for label, b in band_metrics(rows).items():
+        bands.append({
+            "model": model, "device": device, "profile": profile, "band": label, "n": b["n"],
+            "within10": b["within_10_pct"], "mape": b["mape_pct"], "bias": b["bias_pct"], "noise_within10": b["noise_within_10_pct"],
+        })
+    for u in rows[rows.label.str.startswith("uniform-")].itertuples():
+        sweeps.append({
+            "model": model, "device": device, "profile": profile, "ratio": u.mean_ratio, "predicted": u.predicted_speedup,
+            "measured": u.measured_speedup, "error_pct": (u.predicted_speedup - u.measured_speedup) / u.measured_speedup * 100.0,
+        })
+    return bands, sweeps
+
+
+def profiles_from_markdown(path: Path) -> pd.DataFrame:
+    """The "Profiles" table of a results markdown file (runs that wrote no ``_profiles.csv``)."""
+    lines = path.read_text().split("## Profiles", 1)[1].split("## Machine", 1)[0].splitlines()
+    table = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines if line.startswith("|")]
+    df = pd.DataFrame(table[2:], columns=table[0])
+    for col in df.columns:
+        if col not in ("model", "device", "calibration_flags"):
+            df[col] = pd.to_numeric(df[col])
+    return df
+
+
+def merge(names: list[str], machine: str, args: argparse.Namespace) -> None:
+    """Rebuild ``lut_fresh.md``/``.csv`` from runs written under other names (models run side by side)."""
+    rows: list[dict] = []
+    bands: list[dict] = []
+    sweeps: list[dict] = []
+    for name in names:
+        main_csv = pd.read_csv(RESULTS / f"{name}.csv")
+        extra = RESULTS / f"{name}_profiles.csv"
+        detail = pd.read_csv(extra) if extra.exists() else profiles_from_markdown(RESULTS / f"{name}.md")
+        merged = main_csv.merge(detail, on=COLUMNS[:3], how="left")
+        for row in merged.to_dict("records"):
+            rows.append(row)
+            per = pd.read_csv(RESULTS / "lut_fresh" / f"{row['model']}-{row['device']}-{row['profile']}.csv")
+            b, w = bands_and_sweeps(row["model"], row["device"], row["profile"], per)
+            bands += b
+            sweeps += w
+    args.name = "lut_fresh"
+    write(rows, bands, sweeps, machine, args)
+
+
 def write(rows: list[dict], bands: list[dict], sweeps: list[dict], machine: str, args: argparse.Namespace) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows)
-    df[COLUMNS].to_csv(RESULTS / "lut_fresh.csv", index=False)
-    detail = df[[*COLUMNS[:3], "self_check_within10", "self_check_noise_within10", "calibration_flags", "profile_s", "validate_s", "load_start", "load_end"]]
+    for col in DETAIL:
+        if col not in df:
+            df[col] = float("nan")
+    df[COLUMNS].to_csv(RESULTS / f"{args.name}.csv", index=False)
+    df[[*COLUMNS[:3], *DETAIL]].to_csv(RESULTS / f"{args.name}_profiles.csv", index=False)
+    detail = df[[*COLUMNS[:3], *DETAIL]]
     passed = df[(df.within10 >= 90)]
     mode = "quick (rounds capped at 30 s per stage)" if args.quick else "default settings (rounds capped at 120 s)"
     lines = [
@@ -99,7 +151,7 @@ def write(rows: list[dict], bands: list[dict], sweeps: list[dict], machine: str,
         machine,
         "",
     ]
-    (RESULTS / "lut_fresh.md").write_text("\n".join(lines))
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines))
 
 
 def main() -> None:
@@ -111,11 +163,16 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=None, help="random validation plans (default 40, 8 with --quick)")
     parser.add_argument("--seed", type=int, default=12345)
     parser.add_argument("--quick", action="store_true", help="30 s caps and 8 random validation plans")
+    parser.add_argument("--name", default="lut_fresh", help="results file name (to run models side by side, then --merge)")
+    parser.add_argument("--merge", nargs="+", metavar="NAME", help="only rebuild lut_fresh.md/.csv from runs written under these names")
     args = parser.parse_args()
     args.n = args.n if args.n is not None else (8 if args.quick else 40)
     cap = 30.0 if args.quick else 120.0
     torch.set_num_threads(1)
     machine = machine_markdown()
+    if args.merge:
+        merge(args.merge, machine, args)
+        return
     root = Path(tempfile.mkdtemp(prefix="autoprune-lut-fresh-"))
     details = RESULTS / "lut_fresh"
     details.mkdir(parents=True, exist_ok=True)
@@ -152,18 +209,9 @@ def main() -> None:
                         "calibration_flags": "; ".join(report.calibration.flags) or "-",
                         "profile_s": profile_s, "validate_s": validate_s, "load_start": load_start, "load_end": os.getloadavg()[0],
                     })
-                    for label, _, _ in SPEEDUP_BANDS:
-                        b = result.bands[label]
-                        bands.append({
-                            "model": model, "device": device_name, "profile": i, "band": label, "n": b["n"],
-                            "within10": b["within_10_pct"], "mape": b["mape_pct"], "bias": b["bias_pct"], "noise_within10": b["noise_within_10_pct"],
-                        })
-                    for u in uniform:
-                        sweeps.append({
-                            "model": model, "device": device_name, "profile": i, "ratio": u["ratio"],
-                            "predicted": u["predicted_speedup"], "measured": u["measured_speedup"],
-                            "error_pct": (u["predicted_speedup"] - u["measured_speedup"]) / u["measured_speedup"] * 100.0,
-                        })
+                    b, w = bands_and_sweeps(model, device_name, i, result.rows)
+                    bands += b
+                    sweeps += w
                     write(rows, bands, sweeps, machine, args)
                     print(f"{model} / {device_name} / profile {i}: {result.summary()}", flush=True)
     finally:
