@@ -210,7 +210,7 @@ def test_bundle_for_benchmark_model_then_import_fills_the_table(tmp_path, monkey
     root = tmp_path / "profiles"
     _device(root, "phone", "tflite", local=False)
     monkeypatch.setenv("AUTOPRUNE_PROFILES", str(root))
-    args = _profile_args(tmp_path, "phone", calibration=1)  # each calibration model is a litert-torch conversion
+    args = _profile_args(tmp_path, "phone", calibration=1)  # each calibration model (random, uniform, corner) is a litert-torch conversion
     bundle = tmp_path / "bundle"
     assert main([*args, "--bundle", str(bundle)]) == 0
     assert not has_table(load_device("phone"))  # writing the bundle timed nothing and left the device alone
@@ -221,7 +221,7 @@ def test_bundle_for_benchmark_model_then_import_fills_the_table(tmp_path, monkey
     results = _benchmark_model_stand_in(bundle)
     assert main([*args, "--import", str(results)]) == 0
     table = load_table(load_device("phone"))
-    assert len(table.rows) > 5 and len(table.meta.calibration) == 1
+    assert len(table.rows) > 5 and len(table.meta.calibration) == 1 + 2 + 2  # one random plan, uniform 0 and 0.5, two corners
     assert table.meta.machine["tool"] == "benchmark_model"
     parsed = {run.median_ms for f in results.glob("*.txt") for run in parse_benchmark_output(f.read_text())}
     assert {round(r["median_ms"], 6) for r in table.rows.values()} <= {round(v, 6) for v in parsed}
