@@ -107,8 +107,10 @@ def fit_calibration(points: list[CalibrationPoint], overhead_ms: float, source: 
     fitted by non-negative least squares on a constant (the per-kernel cost), the kernel
     sum's scale and the cost per megabyte of weights: none of these makes a network faster,
     so none may come out negative. A constant that would be more than
-    :data:`MAX_CONSTANT_SHARE` of the lightest model's latency is refused (refitted without
-    it, and flagged): fitted on mid-range models it swamps what heavy pruning saves.
+    :data:`MAX_CONSTANT_SHARE` of the lightest model's latency is flagged, and refused
+    (refitted without it) unless it predicts left-out models better than a fit without it:
+    fitted on mid-range models such a constant swamped what heavy pruning saves, while a
+    runtime's real per-kernel cost, pinned down by the most pruned models, can be that large.
 
     Points with different kernel counts (variants of other depths) fit the per-kernel cost,
     the scale and the weight cost by least squares, dropping a term that cannot be told apart
@@ -161,20 +163,35 @@ def _fit_one_architecture(kernels: float, s: np.ndarray, w: np.ndarray, y: np.nd
     flags: list[str] = []
     use_mb = len(y) >= 5 and np.ptp(w) > 1e-9
     columns = [np.ones_like(s), s] + ([w] if use_mb else [])
-    coef, _ = nnls(np.stack(columns, axis=1), y)
+    design = np.stack(columns, axis=1)
+    coef, _ = nnls(design, y)
     lightest = float(np.min(y + overhead_ms))
     if coef[0] > MAX_CONSTANT_SHARE * lightest:
-        flags.append(
-            f"a constant of {coef[0]:.4f} ms would be {coef[0] / lightest:.0%} of the lightest model ({lightest:.4f} ms): refitted without it"
-        )
-        rest, _ = nnls(np.stack(columns[1:], axis=1), y)
-        coef = np.concatenate([[0.0], rest])
+        share = f"a constant of {coef[0]:.4f} ms is {coef[0] / lightest:.0%} of the lightest model ({lightest:.4f} ms)"
+        if _left_out_nnls(design[:, 1:], y) <= _left_out_nnls(design, y):
+            flags.append(f"{share}: refitted without it")
+            rest, _ = nnls(design[:, 1:], y)
+            coef = np.concatenate([[0.0], rest])
+        else:
+            flags.append(f"{share}: kept, as it predicts left-out models better than a fit without it")
     if coef[1] <= 0:
         flags.append("the kernel sum got no weight: the table's kernels do not explain these models")
     return Calibration(
         overhead_ms=overhead_ms, per_kernel_ms=float(coef[0] / max(kernels, 1)), scale=float(coef[1]),
         per_mb_ms=float(coef[2]) if use_mb else 0.0, points=len(y), source=source, flags=flags,
     )
+
+
+def _left_out_nnls(columns: np.ndarray, y: np.ndarray) -> float:
+    """Mean relative error of each point predicted by a non-negative fit on the others."""
+    from scipy.optimize import nnls
+
+    errors = []
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        coef, _ = nnls(columns[keep], y[keep])
+        errors.append(abs(float(columns[i] @ coef) - y[i]) / max(abs(y[i]), 1e-12))
+    return float(np.mean(errors))
 
 
 def _left_out_error(columns: np.ndarray, y: np.ndarray) -> float:
