@@ -160,6 +160,7 @@ def main() -> None:
     parser.add_argument("--devices", default="onnxruntime-cpu,tflite")
     parser.add_argument("--space", default="examples/fashion_mnist_controllers_space.yaml")
     parser.add_argument("--profiles", type=int, default=3, help="tables profiled from scratch per model and device")
+    parser.add_argument("--first", type=int, default=1, help="number of the first profile (to add profiles to an earlier run)")
     parser.add_argument("--n", type=int, default=None, help="random validation plans (default 40, 8 with --quick)")
     parser.add_argument("--seed", type=int, default=12345)
     parser.add_argument("--quick", action="store_true", help="30 s caps and 8 random validation plans")
@@ -183,7 +184,7 @@ def main() -> None:
         for model in args.models.split(","):
             target = bind_task("fashion-mnist", str(REPO / args.space), {"model": model, "epochs": 1, "train_size": 2000})
             for device_name in args.devices.split(","):
-                for i in range(1, args.profiles + 1):
+                for i in range(args.first, args.first + args.profiles):
                     load_start = os.getloadavg()[0]
                     device = load_device(fresh_device(device_name, f"{model}-{i}", root), root)
                     t = time.perf_counter()
