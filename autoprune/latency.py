@@ -78,8 +78,9 @@ def estimator_for(
     :func:`autoprune.lut.estimator.table_fitness`: same CPU, runtime version and threads,
     validated at 80% within ±10% or better, and able to describe ``model`` when given);
     otherwise a local device is measured (a small model takes milliseconds to time) and one
-    log line names the reason and the command that fixes it. A remote device keeps its
-    table, with the same line as a warning.
+    log line names the reason and the command that fixes it. A remote device's table
+    describes that device, not this machine: only whether it can describe ``model`` is
+    checked, and where it cannot the table is kept with the same line as a warning.
     """
     if method == "measured":
         return MeasuredLatency(device)
@@ -93,10 +94,8 @@ def estimator_for(
     if method == "lut":
         return LUTEstimator(device)
     if not has_table(device):
-        if device.local:
-            log.info("device %r: no latency table; measuring candidates (`autoprune profile --device %s` builds one)", device.name, device.name)
-            return MeasuredLatency(device)
-        return LUTEstimator(device)
+        log.info("device %r: no latency table; measuring candidates (`autoprune profile --device %s` builds one)", device.name, device.name)
+        return MeasuredLatency(device)
     reason = table_fitness(device, model, example_input)
     if reason is None:
         return LUTEstimator(device)

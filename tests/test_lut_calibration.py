@@ -142,3 +142,16 @@ def test_auto_measures_a_model_the_table_cannot_describe(tiny_table, caplog):
     assert isinstance(estimator, MeasuredLatency)
     assert len(caplog.records) == 1 and "cannot describe the model" in caplog.records[0].getMessage()
     assert "dilated" in caplog.records[0].getMessage()
+
+
+def test_auto_keeps_a_remote_devices_table_measured_on_its_own_cpu(tiny_resnet_task, tmp_path, caplog):
+    make_device(tmp_path, "board", local=False)
+    device = load_device("board", tmp_path)
+    table = LatencyTable.new(device, device.path, {}, "nchw")
+    kernels = extract_kernels(tiny_resnet_task.model, tiny_resnet_task.example_input)
+    table.append([(k.key, LatencyStats(0.01, 0.009, 0.011, 10)) for k in {k.key.id: k for k in kernels}.values()])
+    table.meta.machine = {"cpu": "Cortex-A76"}  # the board's CPU, not this machine's
+    table.save_meta()
+    with caplog.at_level(logging.INFO, logger="autoprune.latency"):
+        estimator = estimator_for(device, "auto", tiny_resnet_task.model, tiny_resnet_task.example_input)
+    assert isinstance(estimator, LUTEstimator) and not caplog.records

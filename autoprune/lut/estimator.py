@@ -99,10 +99,11 @@ MIN_WITHIN_10_PCT = 80.0
 def table_fitness(device: DeviceProfile, model: Optional[nn.Module] = None, example_input: Optional[torch.Tensor] = None) -> Optional[str]:
     """Why the device's table should not stand in for measurements here, or None when it may.
 
-    Reasons: the table was measured on another CPU, with another runtime version, or with
-    more threads than this machine has; it was never validated on this machine or validated
-    below :data:`MIN_WITHIN_10_PCT` within ±10%; or it cannot describe ``model`` (an
-    operation without a latency key, or a kernel it lacks that has no kernel model to time).
+    Reasons, for a local device: the table was measured on another CPU, with another runtime
+    version, or with more threads than this machine has; it was never validated on this
+    machine or validated below :data:`MIN_WITHIN_10_PCT` within ±10%. For any device: it
+    cannot describe ``model`` (an operation without a latency key, or a kernel it lacks that
+    has no kernel model to time).
     """
     import os
 
@@ -113,22 +114,23 @@ def table_fitness(device: DeviceProfile, model: Optional[nn.Module] = None, exam
 
     table = load_table(device, check_versions=False)
     meta = table.meta
-    table_cpu, this_cpu = meta.machine.get("cpu"), cpu_model()
-    if table_cpu and table_cpu != this_cpu:
-        return f"its table was measured on {table_cpu!r}, this machine is {this_cpu!r}"
-    installed = installed_versions(device.backend)
-    changed = [f"{name} {was} (table) vs {installed[name]} (installed)" for name, was in meta.versions.items() if name in installed and installed[name] != was]
-    if changed:
-        return f"its table was measured with other runtime versions: {'; '.join(changed)}"
-    if meta.threads > (os.cpu_count() or 1):
-        return f"its table was measured with {meta.threads} threads, this machine has {os.cpu_count()} cores"
-    if not meta.validation:
-        return "its table was never validated on this machine"
-    within = float(meta.validation.get("within_10_pct", 0.0))
-    if within < MIN_WITHIN_10_PCT:
-        noise = meta.validation.get("noise_within_10_pct")
-        floor = f" (noise floor {float(noise):.0f}%)" if noise is not None else ""
-        return f"its table validated at {within:.0f}% within ±10%{floor}, below {MIN_WITHIN_10_PCT:.0f}%"
+    if device.local:
+        table_cpu, this_cpu = meta.machine.get("cpu"), cpu_model()
+        if table_cpu and table_cpu != this_cpu:
+            return f"its table was measured on {table_cpu!r}, this machine is {this_cpu!r}"
+        installed = installed_versions(device.backend)
+        changed = [f"{name} {was} (table) vs {installed[name]} (installed)" for name, was in meta.versions.items() if name in installed and installed[name] != was]
+        if changed:
+            return f"its table was measured with other runtime versions: {'; '.join(changed)}"
+        if meta.threads > (os.cpu_count() or 1):
+            return f"its table was measured with {meta.threads} threads, this machine has {os.cpu_count()} cores"
+        if not meta.validation:
+            return "its table was never validated on this machine"
+        within = float(meta.validation.get("within_10_pct", 0.0))
+        if within < MIN_WITHIN_10_PCT:
+            noise = meta.validation.get("noise_within_10_pct")
+            floor = f" (noise floor {float(noise):.0f}%)" if noise is not None else ""
+            return f"its table validated at {within:.0f}% within ±10%{floor}, below {MIN_WITHIN_10_PCT:.0f}%"
     if model is not None and example_input is not None:
         try:
             kernels = table.lookup(extract_kernels(model, example_input[:1]))
