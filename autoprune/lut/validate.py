@@ -31,7 +31,7 @@ from ..latency import batched, deployable
 from ..search_space import UnitSpace
 from ..units import Unit
 from .estimator import LUTEstimator
-from .measure import FileMeasurer, Rounds, device_backend, RoundsProgress, measure_models_passes, measure_relative, model_writer
+from .measure import FileMeasurer, Rounds, RoundsProgress, device_backend, measure_models_passes, measure_relative, model_writer
 
 #: Bands of measured speedup the error is reported in: (label, low, high).
 SPEEDUP_BANDS = (("<2x", 0.0, 2.0), ("2-3x", 2.0, 3.0), (">3x", 3.0, float("inf")))
