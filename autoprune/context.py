@@ -8,9 +8,10 @@ from typing import Any
 import torch
 
 from .config import Config
-from .devices import load_device
+from .devices import DeviceProfile, load_device
 from .errors import AutopruneError, ConfigError
-from .latency import LatencyEstimator, checked_latencies, estimator_for
+from .latency import checked_latencies, estimator_for
+from .lut import has_table, load_table
 from .metrics import macs, nonzero_params
 from .search_space import SearchSpace
 from .structure import with_structure_units
@@ -35,28 +36,31 @@ def study_context(config: Config, source: Path, trust_task: bool = False) -> Tri
     return build_context(config)
 
 
-def check_inputs(config: Config) -> tuple[SearchSpace, dict[str, LatencyEstimator]]:
+def check_inputs(config: Config) -> tuple[SearchSpace, dict[str, DeviceProfile]]:
     """What can be checked before the task is built (which may train the dense model): the
     task's name and options, the search-space file, every device and its latency table.
-    Returns the search space and one latency estimator per device."""
+    Returns the search space and the device profiles."""
     task_function(config.task, config.task_options)
     space_path = config.search_space_path()
     if not space_path.is_file():
         raise ConfigError(f"search_space: file {config.search_space!r} not found (looked beside the config and in search_spaces/)")
     space = SearchSpace.load(space_path)
-    estimators = {}
+    devices = {}
     for i, name in enumerate(config.devices):
         try:
-            estimators[name] = estimator_for(load_device(name), config.latency)
+            device = load_device(name)
+            if config.latency != "measured" and has_table(device):
+                load_table(device, check_versions=False)  # a broken table is found now, before the dense model is trained
         except ConfigError as err:
             raise ConfigError(f"devices[{i}]: {err}") from None
-    return space, estimators
+        devices[name] = device
+    return space, devices
 
 
 def build_context(config: Config) -> TrialContext:
     """Task, bound search space, units and one latency estimator per device; cheap checks
     (:func:`check_inputs`) come before the task is built."""
-    space, estimators = check_inputs(config)
+    space, devices = check_inputs(config)
     space_path = config.search_space_path()
     task = load_task(config.task, **config.task_options)
     layer_names = [n for n, _ in task.model.named_modules() if n]
@@ -65,6 +69,7 @@ def build_context(config: Config) -> TrialContext:
             raise ConfigError(f"{space_path}: protect[{i}] {pattern!r} matches no layer of the model")
     units = with_structure_units(task.model, task.example_input, prunable_units(task.model, task.example_input, space.protect), space.protect)
     bound = space.resolve(units)
+    estimators = {name: estimator_for(device, config.latency, task.model, task.example_input) for name, device in devices.items()}
     return TrialContext(task, {u.name: u for u in units if u.name in bound}, bound, estimators, config.finetune, config.seed)
 
 

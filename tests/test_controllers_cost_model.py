@@ -39,7 +39,7 @@ def lut_context(tmp_path_factory: pytest.TempPathFactory):
     patch = pytest.MonkeyPatch()
     patch.setenv("AUTOPRUNE_PROFILES", str(tmp / "profiles"))
     measured = build_context(load_config(write_config(tmp, latency="measured")))
-    profile(load_device("onnxruntime-cpu"), measured.task.model, measured.task.example_input, measured.units, measured.space, calibration=6, rounds=1)
+    profile(load_device("onnxruntime-cpu"), measured.task.model, measured.task.example_input, measured.units, measured.space, calibration=6, rounds=1, time_cap_s=5, self_check=False)
     config = load_config(write_config(tmp, latency="lut", finetune={"epochs": 0.05, "batch_size": 64}))
     ctx = build_context(config)
     yield config, ctx

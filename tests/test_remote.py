@@ -117,7 +117,7 @@ def _profile_args(tmp_path: Path, name: str, calibration: int = 3) -> list[str]:
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({"rules": [{"match": "*", "pruning_ratio": {"low": 0.0, "high": 0.5, "step": 0.5}}], "protect": ["stem", "classifier"]}))
     return ["profile", "--device", name, "--space", str(space), "--task", "digits", "--task-option", "model=resnet-tiny",
-            "--task-option", "epochs=3", "--calibration", str(calibration), "--rounds", "1", "--no-progress"]
+            "--task-option", "epochs=3", "--calibration", str(calibration), "--rounds", "1", "--time-cap", "5", "--no-progress"]
 
 
 @pytest.fixture
@@ -159,7 +159,7 @@ def test_profile_through_the_agent_matches_local_profiling(tmp_path, monkeypatch
     with open(here.table_path) as a, open(there.table_path) as b:
         assert csv.DictReader(a).fieldnames == csv.DictReader(b).fieldnames  # the same table format
     assert there.meta.machine["agent"] == agent_url and there.meta.overhead_ms > 0
-    assert len(there.meta.calibration) == len(here.meta.calibration) == 3
+    assert len(there.meta.calibration) == len(here.meta.calibration) == 3 + 2 + 2  # random, uniform 0 and 0.5, two corners
     ratios = np.array([there.rows[k]["median_ms"] / here.rows[k]["median_ms"] for k in here.rows])
     # Same machine, same runtime: kernels of a few microseconds differ only by timing noise.
     assert 0.67 < np.median(ratios) < 1.5 and np.mean((ratios > 0.5) & (ratios < 2)) >= 0.8, ratios
@@ -210,7 +210,7 @@ def test_bundle_for_benchmark_model_then_import_fills_the_table(tmp_path, monkey
     root = tmp_path / "profiles"
     _device(root, "phone", "tflite", local=False)
     monkeypatch.setenv("AUTOPRUNE_PROFILES", str(root))
-    args = _profile_args(tmp_path, "phone", calibration=1)  # each calibration model is a litert-torch conversion
+    args = _profile_args(tmp_path, "phone", calibration=1)  # each calibration model (random, uniform, corner) is a litert-torch conversion
     bundle = tmp_path / "bundle"
     assert main([*args, "--bundle", str(bundle)]) == 0
     assert not has_table(load_device("phone"))  # writing the bundle timed nothing and left the device alone
@@ -221,7 +221,7 @@ def test_bundle_for_benchmark_model_then_import_fills_the_table(tmp_path, monkey
     results = _benchmark_model_stand_in(bundle)
     assert main([*args, "--import", str(results)]) == 0
     table = load_table(load_device("phone"))
-    assert len(table.rows) > 5 and len(table.meta.calibration) == 1
+    assert len(table.rows) > 5 and len(table.meta.calibration) == 1 + 2 + 2  # one random plan, uniform 0 and 0.5, two corners
     assert table.meta.machine["tool"] == "benchmark_model"
     parsed = {run.median_ms for f in results.glob("*.txt") for run in parse_benchmark_output(f.read_text())}
     assert {round(r["median_ms"], 6) for r in table.rows.values()} <= {round(v, 6) for v in parsed}

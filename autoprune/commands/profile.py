@@ -64,8 +64,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "table lacks, and calibrate end-to-end latency. Rows are written as they are measured: rerun to resume.",
     )
     add_target_arguments(p)
-    p.add_argument("--calibration", type=int, default=12, help="whole models measured to calibrate the kernel sum (default 12)")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds per kernel (default 3)")
+    p.add_argument(
+        "--calibration", type=int, default=12,
+        help="random whole models measured to calibrate the kernel sum, besides the uniform plan at every ratio and the corners (default 12)",
+    )
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds at least; more are added until the timings agree (default 3)")
+    p.add_argument(
+        "--time-cap", type=float, default=120.0, metavar="SECONDS",
+        help="most seconds spent adding rounds to the calibration (and half as much to the closing validation) (default 120)",
+    )
+    p.add_argument("--no-check", action="store_true", help="skip the closing validation (a table without one is not used by `latency: auto`)")
     p.add_argument(
         "--sparse-keys", choices=["dense", "measured"],
         help="a new table keys layers with zeroed weights as their dense kernel (dense, the default: these runtimes run them "
@@ -100,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     for name in devices:
         device = load_device(name)
         bar = None
+        stage_bar: dict[str, Any] = {}
 
         def progress(done: int, total: int) -> None:
             nonlocal bar
@@ -110,17 +119,40 @@ def run(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
             if done >= total:
                 bar.close()
-                print(f"calibration: {args.calibration} whole models (those not measured yet)", flush=True)
+
+        def on_rounds(stage: str, rounds: int, spent: float, ci: float, cap: float) -> None:
+            """One bar per stage, filling with time towards the cap; the postfix shows the worst interval."""
+            if args.no_progress:
+                return
+            if stage not in stage_bar:
+                for other in stage_bar.values():
+                    other.close()
+                stage_bar[stage] = tqdm(total=round(cap), desc=f"{stage} (cap {cap:.0f} s)", unit="s", bar_format="{desc}: {bar} {n:.0f}/{total:.0f} s {postfix}")
+            b = stage_bar[stage]
+            b.update(min(spent, cap) - b.n)
+            b.set_postfix_str(f"round {rounds}, ratios within ±{ci:.1f}%")
 
         report = profile(
             device, target.task.model, target.task.example_input, target.units, target.space,
             calibration=args.calibration, rounds=args.rounds, measurer=measurer, progress=progress,
-            data=target.data, sparse_keys=args.sparse_keys,
+            data=target.data, sparse_keys=args.sparse_keys, time_cap_s=args.time_cap, on_rounds=on_rounds, self_check=not args.no_check,
         )
+        for b in stage_bar.values():
+            b.close()
         cal = report.calibration
         print(report.summary())
         print(
             f"  calibration ({cal.source}, {cal.points} points): latency = {cal.overhead_ms:.4f} ms "
             f"{cal.per_kernel_ms:+.4f} ms x kernels + {cal.scale:.3f} x kernel sum + {cal.per_mb_ms:.4f} ms x weight MB"
         )
+        for flag in cal.flags:
+            print(f"  calibration flag: {flag}")
+        if report.validation is not None:
+            print("  self-check: " + report.validation.summary())
+            within = report.validation.metrics["within_10_pct"]
+            if within < 80:
+                print(
+                    f"  this table validated at {within:.0f}% within ±10%: `latency: auto` will measure candidates instead; "
+                    f"rerun with a larger --time-cap on a quieter machine"
+                )
     return 0

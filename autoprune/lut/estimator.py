@@ -7,6 +7,9 @@ architecture, or for its family when the architecture was calibrated on too few 
 (variants with removed blocks or layers), turns the sum into end-to-end milliseconds. A key the table lacks is measured on the spot when the device is
 this machine (and added to the table, in the user's copy of a shipped profile); on any other
 device it is an error naming the key.
+
+:func:`table_fitness` says whether a table may stand in for measurements on this machine
+(``latency: auto`` measures instead when it may not, see :func:`autoprune.latency.estimator_for`).
 """
 from __future__ import annotations
 
@@ -29,10 +32,13 @@ class LUTEstimator(LatencyEstimator):
 
     method = "lut"
 
-    def __init__(self, device: DeviceProfile, table: Optional[LatencyTable] = None, measure_missing: Optional[bool] = None) -> None:
+    def __init__(
+        self, device: DeviceProfile, table: Optional[LatencyTable] = None, measure_missing: Optional[bool] = None, read_only: bool = False
+    ) -> None:
         super().__init__(device)
         self.table = table if table is not None else load_table(device)
         self.measure_missing = device.local if measure_missing is None else measure_missing
+        self.read_only = read_only
         self._calibrations: dict[str, Calibration] = {}
         self.measured_on_demand = 0
 
@@ -53,7 +59,12 @@ class LUTEstimator(LatencyEstimator):
             if is_shipped(self.device):
                 self.device = writable_profile(self.device, with_table=True)
                 self.table.folder = self.device.path
-            self.table.append(measure_keys(self.device, missing, self.table))
+            rows = measure_keys(self.device, missing, self.table)
+            if self.read_only:
+                for row in rows:
+                    self.table.add(*row)
+            else:
+                self.table.append(rows)
             self.measured_on_demand += len(missing)
         return kernels
 
@@ -82,3 +93,52 @@ class LUTEstimator(LatencyEstimator):
         return pd.DataFrame(
             [{"layer": k.layer or "", "key": k.key.id, "op": k.key.op, "ms": self.table.ms(k.key)} for k in kernels]
         )
+
+
+#: A table that validated below this share of plans within ±10% is not used by ``latency: auto``.
+MIN_WITHIN_10_PCT = 80.0
+
+
+def table_fitness(device: DeviceProfile, model: Optional[nn.Module] = None, example_input: Optional[torch.Tensor] = None) -> Optional[str]:
+    """Why the device's table should not stand in for measurements here, or None when it may.
+
+    Reasons, for a local device: the table was measured on another CPU, with another runtime
+    version, or with more threads than this machine has; it was never validated on this
+    machine or validated below :data:`MIN_WITHIN_10_PCT` within ±10%. For any device: it
+    cannot describe ``model`` (an operation without a latency key, or a kernel it lacks that
+    has no kernel model to time).
+    """
+    import os
+
+    from ..devices import cpu_model
+    from ..errors import AutopruneError
+    from .kernels import kernel_model
+    from .table import installed_versions
+
+    table = load_table(device, check_versions=False)
+    meta = table.meta
+    if device.local:
+        table_cpu, this_cpu = meta.machine.get("cpu"), cpu_model()
+        if table_cpu and table_cpu != this_cpu:
+            return f"its table was measured on {table_cpu!r}, this machine is {this_cpu!r}"
+        installed = installed_versions(device.backend)
+        changed = [f"{name} {was} (table) vs {installed[name]} (installed)" for name, was in meta.versions.items() if name in installed and installed[name] != was]
+        if changed:
+            return f"its table was measured with other runtime versions: {'; '.join(changed)}"
+        if meta.threads > (os.cpu_count() or 1):
+            return f"its table was measured with {meta.threads} threads, this machine has {os.cpu_count()} cores"
+        if not meta.validation:
+            return "its table was never validated on this machine"
+        within = float(meta.validation.get("within_10_pct", 0.0))
+        if within < MIN_WITHIN_10_PCT:
+            noise = meta.validation.get("noise_within_10_pct")
+            floor = f" (noise floor {float(noise):.0f}%)" if noise is not None else ""
+            return f"its table validated at {within:.0f}% within ±10%{floor}, below {MIN_WITHIN_10_PCT:.0f}%"
+    if model is not None and example_input is not None:
+        try:
+            kernels = table.lookup(extract_kernels(model, example_input[:1]))
+            for key in dict.fromkeys(k.key for k in kernels if k.key not in table):
+                kernel_model(key, device.backend, device.batch_size)
+        except AutopruneError as err:
+            return f"its table cannot describe the model: {err}"
+    return None

@@ -397,11 +397,14 @@ def _reshape(in_shape: tuple[int, ...]) -> Kernel:
 
 def architecture(kernels: list[Kernel], model: nn.Module, example_input: torch.Tensor) -> tuple[str, str]:
     """(signature, family) of a model: the signature is its kernel sequence without channel
-    counts or sparsity, shared by every channel-pruned variant; the family is its class and
-    input shape, shared also by variants with other depths."""
+    counts or sparsity, shared by every channel-pruned variant; the family is its class,
+    input shape and the names of its top-level modules, shared also by variants with other
+    depths (removed blocks keep their names) but not by unrelated models of one class (two
+    ``nn.Sequential`` models on the same input)."""
     import hashlib
 
     layout = [(k.key.op, k.key.h, k.key.w, k.key.kernel, k.key.stride, k.key.padding, k.key.act) for k in kernels]  # no channels, no sparsity
     digest = hashlib.sha1(repr(layout).encode()).hexdigest()[:12]
-    family = f"{type(model).__name__}@{'x'.join(str(d) for d in example_input.shape[1:])}"
+    children = hashlib.sha1(",".join(name for name, _ in model.named_children()).encode()).hexdigest()[:6]
+    family = f"{type(model).__name__}@{'x'.join(str(d) for d in example_input.shape[1:])}~{children}"
     return f"{family}/{len(kernels)}k-{digest}", family

@@ -31,7 +31,7 @@ from ..units import Unit
 from .enumeration import enumerate_keys
 from .kernels import CHANNELS_LAST_BACKENDS, SEQUENCE_OPS, kernel_model
 from .keys import KernelKey, architecture, extract_kernels, weight_mb
-from .measure import FileMeasurer, Write, measure_files, model_writer
+from .measure import FileMeasurer, Relative, Rounds, RoundsProgress, Write, measure_files, measure_relative, model_writer
 from .tflite_kernels import TFLiteKernelWriter
 from .table import Calibration, CalibrationPoint, LatencyTable, has_table, installed_versions, kernel_sum, load_table
 
@@ -40,6 +40,19 @@ from .table import Calibration, CalibrationPoint, LatencyTable, has_table, insta
 JOINT_ROUNDS = 20
 #: The empty kernel timed to learn a runtime's per-call overhead.
 EMPTY_KERNEL = KernelKey("act", 1, 1, 1, 1, act="relu")
+#: The kernel timed in the same rounds as every chunk of kernels: rows are stored as their
+#: ratio to it (times its first measurement), so a slow spell during one chunk does not
+#: make that chunk's kernels look slow next to the others.
+REFERENCE_KERNEL = KernelKey("conv", 16, 16, 16, 16, 3, 1, 1, 1, "relu")
+#: Kernels: rounds until every ratio is known within 3%, at most this many seconds a chunk.
+KERNEL_CHUNK_CAP_S = 10.0
+#: Whole models (calibration, validation): ratios to the dense model within 1.5%.
+MODEL_CI_PCT = 1.5
+#: Plans ``autoprune profile`` validates its own table on (random ones, besides the uniform sweep).
+SELF_CHECK_RANDOM = 4
+
+#: Called while rounds go on: (stage, rounds done, seconds spent, worst interval in %, time cap in s).
+StageProgress = Callable[[str, int, float, float, float], None]
 
 
 @dataclass
@@ -57,6 +70,7 @@ class ProfileReport:
     calibration: Calibration
     calibration_points: int
     table: str
+    validation: Optional[Any] = None
 
     def summary(self) -> str:
         return (
@@ -99,32 +113,88 @@ def kernel_writes(device: DeviceProfile, keys: Sequence[KernelKey]) -> list[Writ
 
 
 def measure_keys(
-    device: DeviceProfile, keys: Sequence[KernelKey], table: LatencyTable, rounds: int = 3, measurer: Optional[FileMeasurer] = None
+    device: DeviceProfile,
+    keys: Sequence[KernelKey],
+    table: LatencyTable,
+    rounds: int = 3,
+    measurer: Optional[FileMeasurer] = None,
+    cap_s: float = KERNEL_CHUNK_CAP_S,
+    on_rounds: Optional[RoundsProgress] = None,
 ) -> list[tuple[KernelKey, LatencyStats, dict]]:
-    """Time each key's kernel model on the device (interleaved locally), with the columns
-    the table's context model needs; returns rows for :meth:`LatencyTable.append`."""
-    if table.meta.context == "onnxruntime-nchwc" and measurer is None:
+    """Time each key's kernel model on the device, with the columns the table's context
+    model needs; returns rows for :meth:`LatencyTable.append`.
+
+    Locally the keys are timed beside :data:`REFERENCE_KERNEL` (at least ``rounds`` rounds,
+    more until each ratio is within 3%, at most ``cap_s`` seconds) and each row is its ratio
+    to the reference times the reference's latency in the table's first chunk
+    (``reference_kernel_ms``): chunks timed minutes apart share one scale. A remote device
+    is timed file by file in ``rounds`` rounds.
+    """
+    if measurer is not None:
+        stats = measure_files(device, kernel_writes(device, keys), rounds=rounds, measurer=measurer)
+        return [(k, s, {}) for k, s in zip(keys, stats)]
+    probes: list[dict] = []
+    nchwc = table.meta.context == "onnxruntime-nchwc"
+    inspect = None
+    if nchwc:
         from .ort_layout import probe, row_columns
 
-        probes: list[dict] = []
-        stats = measure_files(device, kernel_writes(device, keys), rounds=rounds, inspect=lambda p, x: probe(p, x, device.threads), inspected=probes)
-        return [(k, s, row_columns(info, s.median_ms, table.meta.overhead_ms)) for k, s, info in zip(keys, stats, probes)]
-    stats = measure_files(device, kernel_writes(device, keys), rounds=rounds, measurer=measurer)
-    return [(k, s, {}) for k, s in zip(keys, stats)]
+        inspect = lambda p, x: probe(p, x, device.threads)  # noqa: E731
+    reference = kernel_writes(device, [REFERENCE_KERNEL])[0]
+    plan = Rounds(min_rounds=max(rounds, 2), max_rounds=max(rounds, 30), ci_pct=3.0, time_cap_s=cap_s)
+    ref_stats, stats, relative = measure_relative(device, kernel_writes(device, keys), reference, plan, 1, on_rounds, inspect, probes)[0]
+    if not table.meta.reference_kernel_ms:
+        table.meta.reference_kernel, table.meta.reference_kernel_ms = REFERENCE_KERNEL.id, ref_stats.median_ms
+    anchor = table.meta.reference_kernel_ms
+    rows = []
+    for i, (k, s, r) in enumerate(zip(keys, stats, relative)):
+        scaled = scale_stats(s, r.ratio * anchor)
+        rows.append((k, scaled, row_columns(probes[i], scaled.median_ms, table.meta.overhead_ms) if nchwc else {}))
+    return rows
+
+
+def scale_stats(stats: LatencyStats, median_ms: float) -> LatencyStats:
+    """``stats`` moved to ``median_ms``, its spread kept in proportion."""
+    f = median_ms / stats.median_ms if stats.median_ms > 0 else 1.0
+    return LatencyStats(median_ms, stats.p10_ms * f, stats.p90_ms * f, stats.repeats)
+
+
+def corner_plans(space: Mapping[str, UnitSpace]) -> list[tuple[str, Plan]]:
+    """The space's mixed corners: the first half of the units at their highest ratio and the
+    rest at their lowest, and the other way round (the uniform plans hold the pure corners)."""
+    from ..plan import UnitChoice
+
+    names = list(space)
+    half = len(names) // 2
+    if half == 0:
+        return []
+
+    def corner(high: set[str]) -> Plan:
+        return Plan.from_dict({
+            n: UnitChoice(us.rule.granularities[0], us.rule.pruning_ratio.high if n in high else us.rule.pruning_ratio.low, us.rule.criteria[0])
+            for n, us in space.items()
+        })
+
+    return [("corner-front", corner(set(names[:half]))), ("corner-back", corner(set(names[half:])))]
 
 
 def calibration_plans(space: Mapping[str, UnitSpace], n: int, seed: int = 0) -> list[tuple[str, Plan]]:
-    """``n`` random plans of the space.
+    """Plans spread over the whole pruning range: the uniform plan at every ratio of the
+    space (the dense model and the most pruned one included), the mixed corners, and ``n``
+    random plans.
 
-    Random plans are what the search and :func:`.validate.validate` draw from; extreme
-    plans (the dense model, everything at the highest ratio) have so much leverage on a
-    least-squares fit that they bent it away from the bulk of the space (on the digits
-    ResNet with LiteRT: MAPE 6.6% with them, 4.3% without, same points otherwise).
+    A fit on random plans alone sees mid-range models only (random per-unit ratios average
+    out near the middle of the range); extrapolated to heavily pruned models its constant
+    dominated and hid most of what they save (a MobileNetV2-style model predicted 1.6x where
+    it measured 2.8x). Fitted in ratios to the dense model timed in the same rounds, the
+    extremes no longer carry the load noise that made them unreliable.
     """
     from ..controllers import random_plan
+    from ..controllers.encoding import uniform_plans
 
     rng = np.random.default_rng(seed + 1_000_003)
-    return [(f"random-{i}", random_plan(space, rng)) for i in range(n)]
+    uniform = [(f"uniform-{p.mean_ratio():.2f}", p) for p in uniform_plans(space)]
+    return uniform + corner_plans(space) + [(f"random-{i}", random_plan(space, rng)) for i in range(n)]
 
 
 def without_gradients(plan: Plan) -> Plan:
@@ -147,17 +217,26 @@ def profile(
     progress: Optional[Callable[[int, int], None]] = None,
     data: Optional[CriterionData] = None,
     sparse_keys: Optional[str] = None,
+    time_cap_s: float = 120.0,
+    on_rounds: Optional[StageProgress] = None,
+    self_check: bool = True,
 ) -> ProfileReport:
     """Fill ``device``'s table (in the user's profile folder: a shipped profile's ``device.yaml``
-    is copied there and gets a table of this machine's own) with every kernel ``space`` can produce for ``model`` and
-    calibrate the model's end-to-end latency from ``calibration`` whole-model measurements.
+    is copied there and gets a table of this machine's own) with every kernel ``space`` can
+    produce for ``model``, calibrate the model's end-to-end latency, and validate the result.
 
-    ``progress(done, total)`` is called after each chunk of kernels. Keys already in the
-    table are not measured again, nor is a model family whose calibration points exist.
-    ``data`` (training batches and loss) lets calibration plans use gradient criteria such
-    as ``taylor``; without it they rank by ``l1``. ``sparse_keys`` is the setting of a new
-    table (see :class:`.table.TableMeta`). A transformer family calibrated for the first time
-    has its kernels timed together with the calibration models (see :func:`calibrate`).
+    Calibration times the plans of :func:`calibration_plans` (``calibration`` random ones
+    beside the uniform sweep and the corners) in rounds beside the dense model, until every
+    ratio to it is known within 1.5% or ``time_cap_s`` seconds have passed. ``progress(done,
+    total)`` is called after each chunk of kernels, ``on_rounds`` after each round of
+    calibration and validation. Keys already in the table are not measured again, nor is a
+    model whose calibration points exist. ``data`` (training batches and loss) lets plans
+    use gradient criteria such as ``taylor``; without it they rank by ``l1``.
+    ``sparse_keys`` is the setting of a new table (see :class:`.table.TableMeta`). A
+    transformer family calibrated for the first time has its kernels timed together with
+    the calibration models. With ``self_check`` (a local device only) the table is then
+    validated on the uniform sweep and a few random plans, and the figure stored in the
+    table's metadata (``validation``).
     """
     from ..transformer_kernels import is_transformer
 
@@ -176,7 +255,7 @@ def profile(
     todo = [k for k in keys if k not in table]
     reused = len(keys) - len(todo)
     signature, family = architecture(extract_kernels(model, example_input), model, example_input)
-    have = [p for p in table.meta.calibration if p.family == family]
+    have = [p for p in table.meta.calibration if p.family == family and (p.ratio is not None or measurer is not None)]
     joint = is_transformer(model) and not have and calibration > 0
     if progress:
         progress(0, len(todo))
@@ -185,25 +264,47 @@ def profile(
         table.append(measure_keys(device, part, table, rounds, measurer))
         if progress:
             progress(min(i + chunk, len(todo)), len(todo))
+    table.save_meta()
     kernel_s = time.perf_counter() - start
     t = time.perf_counter()
-    if len(have) < calibration:
+    if not have and calibration >= 0:
         multiples = {name: us.rule.channel_multiple for name, us in space.items()}
-        plans = calibration_plans(space, calibration, seed)[len(have) :]
+        plans = calibration_plans(space, calibration, seed)
         if data is None:
             plans = [(label, without_gradients(plan)) for label, plan in plans]
         timed_with, joint_rounds = (keys, max(rounds, JOINT_ROUNDS)) if joint else ((), rounds)
-        table.meta.calibration.extend(calibrate(device, table, model, example_input, units, plans, multiples, joint_rounds, measurer, data, timed_with))
+        stage = _stage_progress(on_rounds, "calibration", time_cap_s)
+        points = calibrate(device, table, model, example_input, units, plans, multiples, joint_rounds, measurer, data, timed_with, time_cap_s, stage)
+        table.meta.calibration = [p for p in table.meta.calibration if p.family != family] + points
         table.save_meta()
         if joint and progress:
             progress(len(todo), len(todo))
     calibration_s = time.perf_counter() - t
-    return ProfileReport(
+    report = ProfileReport(
         device=device.name, model=signature, keys=len(keys), measured=len(todo), reused=reused,
-        wall_s=time.perf_counter() - start, kernel_s=kernel_s, calibration_s=calibration_s,
+        wall_s=0.0, kernel_s=kernel_s, calibration_s=calibration_s,
         calibration=table.calibration_for(signature, family),
         calibration_points=len([p for p in table.meta.calibration if p.family == family]), table=str(table.table_path),
     )
+    if self_check and measurer is None and device.local:
+        from .validate import validate
+
+        check = validate(
+            device, model, example_input, units, space, n=SELF_CHECK_RANDOM, seed=seed + 7, rounds=rounds, data=data,
+            time_cap_s=time_cap_s / 2, on_rounds=_stage_progress(on_rounds, "self-check", time_cap_s / 2),
+        )
+        table = load_table(device, check_versions=False)
+        table.meta.validation = check.stored()
+        table.save_meta()
+        report.validation = check
+    report.wall_s = time.perf_counter() - start
+    return report
+
+
+def _stage_progress(on_rounds: Optional[StageProgress], stage: str, cap_s: float) -> Optional[RoundsProgress]:
+    if on_rounds is None:
+        return None
+    return lambda done, spent, ci: on_rounds(stage, done, spent, ci, cap_s)
 
 
 def calibrate(
@@ -218,25 +319,49 @@ def calibrate(
     measurer: Optional[FileMeasurer] = None,
     data: Optional[CriterionData] = None,
     timed_with: Sequence[KernelKey] = (),
+    time_cap_s: float = 120.0,
+    on_rounds: Optional[RoundsProgress] = None,
 ) -> list[CalibrationPoint]:
     """Measure each plan's model end to end and pair it with its kernel sum from the table.
 
-    Kernels in ``timed_with`` are timed in the same interleaved rounds as the models and
-    their rows written (replacing older ones): kernel sums and whole models then share the
-    machine's conditions, which matters for a few large kernels (transformer layers) whose
-    isolated timings otherwise miss a share that depends on the load of the moment. Such
-    kernels take no layout columns (they run in plain layouts).
+    Locally the models are timed beside the dense model and the table's reference kernel,
+    in rounds until every ratio to the dense model is within 1.5% (or ``time_cap_s``): a
+    point's ``measured_ms`` is its ratio to the dense model times the dense model's latency
+    on the table's scale (its ratio to the reference kernel times ``reference_kernel_ms``),
+    so a slow spell that hits every model of a round leaves the fit unmoved. Through
+    ``measurer`` the models are timed file by file in ``rounds`` rounds.
+
+    Kernels in ``timed_with`` are timed in the same rounds as the models and their rows
+    written (replacing older ones): kernel sums and whole models then share the machine's
+    conditions, which matters for a few large kernels (transformer layers) whose isolated
+    timings otherwise miss a share that depends on the load of the moment. Such kernels take
+    no layout columns (they run in plain layouts).
     """
     pruned = [deployable(apply_plan(model, plan, units, example_input, channel_multiples, calibration=data), example_input) for _, plan in plans]
     x = batched(example_input, device.batch_size)
     backend = get_backend(device.backend)
     writes = kernel_writes(device, list(timed_with)) + [model_writer(backend, lambda m=m: (m, x)) for m in pruned]
-    stats = measure_files(device, writes, rounds=rounds, measurer=measurer)
+    relative: list[Optional[Relative]] = [None] * len(plans)
+    if measurer is not None:
+        stats = measure_files(device, writes, rounds=rounds, measurer=measurer)
+    else:
+        anchored = bool(table.meta.reference_kernel_ms)
+        if anchored:
+            writes = kernel_writes(device, [REFERENCE_KERNEL]) + writes
+        dense = model_writer(backend, lambda: (deployable(model, example_input), x))
+        plan = Rounds(min_rounds=max(rounds, 3), max_rounds=200, ci_pct=MODEL_CI_PCT, time_cap_s=time_cap_s)
+        dense_stats, stats, ratios = measure_relative(device, writes, dense, plan, 1, on_rounds)[0]
+        dense_ms = dense_stats.median_ms
+        if anchored:
+            dense_ms = table.meta.reference_kernel_ms / ratios[0].ratio
+            stats, ratios = stats[1:], ratios[1:]
+        stats = [scale_stats(s, r.ratio * dense_ms) for s, r in zip(stats, ratios)]
+        relative = list(ratios[len(timed_with) :])
     if timed_with:
         table.append([(k, s, {}) for k, s in zip(timed_with, stats)])
         stats = stats[len(timed_with) :]
     points = []
-    for (label, _), m, s in zip(plans, pruned, stats):
+    for (label, _), m, s, r in zip(plans, pruned, stats, relative):
         kernels = table.lookup(extract_kernels(m, example_input))
         missing = list(dict.fromkeys(k.key for k in kernels if k.key not in table))
         if missing:
@@ -245,6 +370,7 @@ def calibrate(
         total = kernel_sum(table, kernels)
         points.append(CalibrationPoint(
             model=signature, family=family, kernels=len(kernels), kernel_sum_ms=total, weight_mb=weight_mb(kernels), measured_ms=s.median_ms, label=label,
+            ratio=None if r is None else r.ratio, ci_pct=None if r is None else r.ci_pct,
         ))
     return points
 

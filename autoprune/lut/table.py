@@ -74,6 +74,8 @@ class CalibrationPoint(BaseModel):
     weight_mb: float = Field(0.0, ge=0, allow_inf_nan=False, description="megabytes of weights the network's kernels read")
     measured_ms: float = Field(..., gt=0, allow_inf_nan=False)
     label: str = ""
+    ratio: Optional[float] = Field(None, description="measured latency over the dense model's, timed in the same rounds")
+    ci_pct: Optional[float] = Field(None, description="95% interval half width of that ratio, in percent")
 
 
 class Calibration(BaseModel):
@@ -92,39 +94,51 @@ class Calibration(BaseModel):
     per_mb_ms: float = 0.0
     points: int = 0
     source: str = "none"
+    flags: list[str] = Field(default_factory=list, description="why the fit was constrained or should not be trusted")
 
     def predict(self, kernels: int, kernel_sum_ms: float, weight_mb: float = 0.0) -> float:
         return self.overhead_ms + self.per_kernel_ms * kernels + self.scale * kernel_sum_ms + self.per_mb_ms * weight_mb
 
 
-def fit_calibration(points: list[CalibrationPoint], overhead_ms: float, source: str) -> Calibration:
-    """Least squares over ``points`` with the call overhead held fixed.
+#: A fitted constant (call overhead plus per-kernel cost) above this share of the lightest
+#: calibration model's latency is not believed: it would hide what pruning saves on small models.
+MAX_CONSTANT_SHARE = 0.5
 
-    Fits the per-kernel cost (an intercept when every point has the same kernel count),
-    the scale of the kernel sum and the cost per megabyte of weights; a term is dropped
-    when the points cannot tell it apart or it comes out negative (a kernel sum or more
-    weights never make a network faster). With fewer than three points, or when even the
-    scale comes out negative, only the per-kernel cost is fitted. Points with different
-    kernel counts (variants of other depths) also try the kernel sum's scale alone and keep
-    whichever form predicts left-out points better: when whole layers of a few large
-    kernels go, the kernel count and the kernel sum move together, and a per-kernel cost
-    fitted to noise can swing the scale.
+
+def fit_calibration(points: list[CalibrationPoint], overhead_ms: float, source: str) -> Calibration:
+    """Fit ``points`` with the call overhead held fixed and every term non-negative.
+
+    Points of one architecture (same kernel count: channel-pruned variants of one model) are
+    fitted by non-negative least squares on a constant (the per-kernel cost), the kernel
+    sum's scale and the cost per megabyte of weights: none of these makes a network faster,
+    so none may come out negative. A constant that would be more than
+    :data:`MAX_CONSTANT_SHARE` of the lightest model's latency is flagged, and refused
+    (refitted without it) unless it predicts left-out models better than a fit without it:
+    fitted on mid-range models such a constant swamped what heavy pruning saves, while a
+    runtime's real per-kernel cost, pinned down by the most pruned models, can be that large.
+
+    Points with different kernel counts (variants of other depths) fit the per-kernel cost,
+    the scale and the weight cost by least squares, dropping a term that cannot be told apart
+    or comes out negative, and keep the kernel sum's scale alone when that predicts left-out
+    points better: when whole layers go, the kernel count and the kernel sum move together.
+    With fewer than three points only the per-kernel cost is fitted.
     """
     if not points:
-        return Calibration(overhead_ms=overhead_ms, per_kernel_ms=-overhead_ms, scale=1.0, source="default")
+        return Calibration(overhead_ms=overhead_ms, per_kernel_ms=-overhead_ms, scale=1.0, source="default", flags=["no calibration points"])
     n = np.array([p.kernels for p in points], dtype=float)
     s = np.array([p.kernel_sum_ms for p in points], dtype=float)
     w = np.array([p.weight_mb for p in points], dtype=float)
     y = np.array([p.measured_ms for p in points], dtype=float) - overhead_ms
 
-    def per_kernel_only() -> Calibration:
+    def per_kernel_only(flags: list[str]) -> Calibration:
         per_kernel = float(np.mean((y - s) / np.maximum(n, 1)))
-        return Calibration(overhead_ms=overhead_ms, per_kernel_ms=per_kernel, scale=1.0, points=len(points), source=source)
+        return Calibration(overhead_ms=overhead_ms, per_kernel_ms=per_kernel, scale=1.0, points=len(points), source=source, flags=flags)
 
     if len(points) < 3 or np.ptp(s) < 1e-9:
-        return per_kernel_only()
-    one_model = np.ptp(n) == 0
-    base = np.ones_like(n) if one_model else n
+        return per_kernel_only(["too few distinct points: only a per-kernel cost fitted"])
+    if np.ptp(n) == 0:
+        return _fit_one_architecture(n[0], s, w, y, overhead_ms, source)
+    base = n
     terms = ["sum", "mb"] if len(points) >= 5 and np.ptp(w) > 1e-9 else ["sum"]
     while True:
         columns = [base] + [s if t == "sum" else w for t in terms]
@@ -134,9 +148,9 @@ def fit_calibration(points: list[CalibrationPoint], overhead_ms: float, source: 
             break
         terms = ["sum"]
     if fitted["sum"] <= 0:
-        return per_kernel_only()
-    per_kernel = float(coef[0] / max(n[0], 1)) if one_model else float(coef[0])
-    if not one_model and len(points) >= 4:
+        return per_kernel_only(["the kernel sum came out with a negative scale: only a per-kernel cost fitted"])
+    per_kernel = float(coef[0])
+    if len(points) >= 4:
         full = np.stack(columns, axis=1)
         if _left_out_error(s[:, None], y) < _left_out_error(full, y):
             scale = float(np.linalg.lstsq(s[:, None], y, rcond=None)[0][0])
@@ -145,6 +159,44 @@ def fit_calibration(points: list[CalibrationPoint], overhead_ms: float, source: 
         overhead_ms=overhead_ms, per_kernel_ms=per_kernel, scale=float(fitted.get("sum", 1.0)),
         per_mb_ms=float(fitted.get("mb", 0.0)), points=len(points), source=source,
     )
+
+
+def _fit_one_architecture(kernels: float, s: np.ndarray, w: np.ndarray, y: np.ndarray, overhead_ms: float, source: str) -> Calibration:
+    """Non-negative fit of ``y = c + a * s + b * w`` for one architecture (see :func:`fit_calibration`)."""
+    from scipy.optimize import nnls
+
+    flags: list[str] = []
+    use_mb = len(y) >= 5 and np.ptp(w) > 1e-9
+    columns = [np.ones_like(s), s] + ([w] if use_mb else [])
+    design = np.stack(columns, axis=1)
+    coef, _ = nnls(design, y)
+    lightest = float(np.min(y + overhead_ms))
+    if coef[0] > MAX_CONSTANT_SHARE * lightest:
+        share = f"a constant of {coef[0]:.4f} ms is {coef[0] / lightest:.0%} of the lightest model ({lightest:.4f} ms)"
+        if _left_out_nnls(design[:, 1:], y) <= _left_out_nnls(design, y):
+            flags.append(f"{share}: refitted without it")
+            rest, _ = nnls(design[:, 1:], y)
+            coef = np.concatenate([[0.0], rest])
+        else:
+            flags.append(f"{share}: kept, as it predicts left-out models better than a fit without it")
+    if coef[1] <= 0:
+        flags.append("the kernel sum got no weight: the table's kernels do not explain these models")
+    return Calibration(
+        overhead_ms=overhead_ms, per_kernel_ms=float(coef[0] / max(kernels, 1)), scale=float(coef[1]),
+        per_mb_ms=float(coef[2]) if use_mb else 0.0, points=len(y), source=source, flags=flags,
+    )
+
+
+def _left_out_nnls(columns: np.ndarray, y: np.ndarray) -> float:
+    """Mean relative error of each point predicted by a non-negative fit on the others."""
+    from scipy.optimize import nnls
+
+    errors = []
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        coef, _ = nnls(columns[keep], y[keep])
+        errors.append(abs(float(columns[i] @ coef) - y[i]) / max(abs(y[i]), 1e-12))
+    return float(np.mean(errors))
 
 
 def _left_out_error(columns: np.ndarray, y: np.ndarray) -> float:
@@ -180,6 +232,11 @@ class TableMeta(BaseModel):
         "dense", description="weights with zeros looked up as the dense kernel (dense), or under sparse keys of their own (measured)"
     )
     calibration: list[CalibrationPoint] = Field(default_factory=list)
+    reference_kernel: str = Field("", description="kernel timed beside every chunk of kernels; rows are ratios to it")
+    reference_kernel_ms: float = Field(0.0, description="the reference kernel's latency the rows are scaled to")
+    validation: dict[str, Any] = Field(
+        default_factory=dict, description="the table validated on this machine right after profiling (share within ±10%, noise floor)"
+    )
     notes: str = ""
 
 
