@@ -9,9 +9,11 @@ ONNX Runtime's blocked kernels shows up as a step that saves nothing or costs ti
 :func:`allocation_path` walks from the dense plan to the most pruned one, each step moving
 the one unit whose next ratio buys the most predicted saving per unit of importance lost
 (a greedy knapsack over each unit's ratio grid, allowed to jump over ratios that save
-nothing, which alignment makes common). Every plan on the path is then priced with the
-real cost model, which sees how units interact, and :func:`ladder` keeps for each target
-speedup the path plan that reaches it with the least importance removed.
+nothing, which alignment makes common; when no move saves on its own, the least damaging
+step is taken, so the path always ends at the most pruned plan). Every plan on the path is
+then priced with the real cost model, which sees how units interact, and :func:`ladder`
+keeps for each target speedup the path plan that reaches it with the least importance
+removed.
 
 :class:`KnapsackController` proposes those plans first and then goes on as
 :class:`~autoprune.controllers.evolution.EvolutionController`, so the ladder is the warm
@@ -82,7 +84,8 @@ def allocation_path(
 
     ``speedup(plan)`` is the predicted speedup over dense. Each unit's saving at each ratio
     is measured with only that unit pruned (one prediction per unit and ratio); the walk
-    uses those separable savings, and every plan on it is then priced as a whole.
+    uses those separable savings, and every plan on it is then priced as a whole. The path
+    ends at every unit's most pruned ratio.
     Units whose rule offers no channel-removing granularity stay at their least pruning.
     """
     base = {name: default_choice(us) for name, us in space.items()}
@@ -107,8 +110,13 @@ def allocation_path(
     lost = 0.0
     while True:
         best: Optional[tuple[float, str, int]] = None
+        cheapest: Optional[tuple[float, str, int]] = None
         for name, curve in options.items():
             here = curve[position[name]]
+            if position[name] + 1 < len(curve):
+                d_loss = curve[position[name] + 1][1] - here[1]
+                if cheapest is None or d_loss < cheapest[0]:
+                    cheapest = (d_loss, name, position[name] + 1)
             for j in range(position[name] + 1, len(curve)):
                 d_loss, d_save = curve[j][1] - here[1], curve[j][2] - here[2]
                 if d_save <= 1e-9:
@@ -116,8 +124,10 @@ def allocation_path(
                 efficiency = d_save / max(d_loss, 1e-6)
                 if best is None or efficiency > best[0]:
                     best = (efficiency, name, j)
-        if best is None:
-            break
+        if best is None:  # no move saves on its own (units interact): the least damaging step goes on
+            if cheapest is None:
+                break
+            best = cheapest
         _, name, j = best
         lost += options[name][j][1] - options[name][position[name]][1]
         position[name] = j
