@@ -78,8 +78,8 @@ class Setup:
     search_steps: Optional[int]
     rounds: int
     stem: str
+    above: bool
     notes: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 FULL = Setup(
@@ -90,6 +90,7 @@ FULL = Setup(
     search_steps=None,
     rounds=7,
     stem="versus",
+    above=True,
     notes="full Fashion-MNIST: 60k training images, the 10k test split for every accuracy",
 )
 QUICK = Setup(
@@ -100,6 +101,7 @@ QUICK = Setup(
     search_steps=40,
     rounds=5,
     stem="versus_quick",
+    above=False,
     notes="QUICK MODE (development): 6k training images, 2k test images, dense trained 3 epochs; not the full run",
 )
 
@@ -244,35 +246,53 @@ class Timer:
         return dense.median_ms / stats.median_ms, stats.median_ms, dense.median_ms
 
 
+#: Columns of ``versus_models.csv``. ``source`` is ``peer``, ``autoprune``, ``dense`` (the dense
+#: model: accuracy, latency, training time in ``wall_s``) or ``search`` (a study's search time).
+MODEL_COLUMNS = [
+    "model", "source", "name", "setting", "recipe", "seed", "accuracy", "accuracy_search", "params",
+    *[f"{kind}.{d}" for kind in ("speedup", "latency_ms", "speedup_card", "speedup_predicted", "exported_trial") for d in DEVICES],
+    "wall_s", "note",
+]
+
+
 class ModelRows:
-    """``versus_models.csv``: one row per fine-tuned model, appended as made, read back on resume."""
+    """``versus_models.csv``: one row per fine-tuned model (and per dense model and search),
+    appended as made and read back on resume; processes running other models may append
+    to the same file."""
 
     KEY = ("model", "source", "name", "setting", "recipe", "seed")
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.df = pd.read_csv(path) if path.exists() and path.stat().st_size else pd.DataFrame()
+        self.reload()
 
-    def has(self, **key: Any) -> bool:
-        if self.df.empty:
-            return False
+    def reload(self) -> pd.DataFrame:
+        self.df = pd.read_csv(self.path) if self.path.exists() and self.path.stat().st_size else pd.DataFrame(columns=MODEL_COLUMNS)
+        return self.df
+
+    def _mask(self, key: dict[str, Any]) -> np.ndarray:
         mask = np.ones(len(self.df), dtype=bool)
         for k, v in key.items():
             mask &= self.df[k].astype(str).to_numpy() == str(v)
-        return bool(mask.any())
+        return mask
+
+    def has(self, **key: Any) -> bool:
+        return bool(not self.df.empty and self._mask(key).any())
 
     def get(self, **key: Any) -> Optional[pd.Series]:
         if not self.has(**key):
             return None
-        mask = np.ones(len(self.df), dtype=bool)
-        for k, v in key.items():
-            mask &= self.df[k].astype(str).to_numpy() == str(v)
-        return self.df[mask].iloc[0]
+        return self.df[self._mask(key)].iloc[-1]
 
     def add(self, row: dict[str, Any]) -> None:
-        self.df = pd.concat([self.df, pd.DataFrame([row])], ignore_index=True)
+        unknown = set(row) - set(MODEL_COLUMNS)
+        if unknown:
+            raise KeyError(f"versus_models.csv has no column {sorted(unknown)}")
+        line = pd.DataFrame([row], columns=MODEL_COLUMNS)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.df.to_csv(self.path, index=False)
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        line.to_csv(self.path, mode="a", header=new, index=False)
+        self.df = pd.concat([self.df, line], ignore_index=True) if not self.df.empty else line
 
 
 @dataclass
@@ -283,7 +303,6 @@ class Run:
     args: argparse.Namespace
     rows: ModelRows
     log: Callable[[str], None]
-    costs: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def final(self):
@@ -306,8 +325,9 @@ class Run:
         return IterativeSchedule(steps=3, finetune=self.recipe(name).model_copy(update={"epochs": 1 / 3}))
 
 
-def task_for(model: str, setup: Setup, work: Path) -> tuple[Any, float]:
-    """The task and the dense model's training time (s), measured when this run trains it."""
+def task_for(model: str, setup: Setup, work: Path) -> tuple[Any, dict[str, Any]]:
+    """The task, and the dense model's training time as ``work/MODEL/dense.json`` records it
+    (``train_s``, an optional ``note``): measured by the run that trains it."""
     from autoprune.tasks import fashion_mnist
 
     record = work / model / "dense.json"
@@ -315,10 +335,10 @@ def task_for(model: str, setup: Setup, work: Path) -> tuple[Any, float]:
     task = fashion_mnist(model=model, **setup.task_options)
     elapsed = time.perf_counter() - started
     if record.exists():
-        return task, json.loads(record.read_text())["train_s"]
+        return task, json.loads(record.read_text())
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps({"train_s": elapsed}))
-    return task, elapsed
+    return task, {"train_s": elapsed}
 
 
 def finetuned_accuracy(run: Run, task, model, recipe_name: str, seed: int) -> float:
@@ -418,7 +438,7 @@ def study_config(model: str, controller: str, run: Run, work: Path) -> Path:
     return path
 
 
-def chosen_members(records, baseline, device: str) -> dict[int, str]:
+def chosen_members(records, baseline, device: str, above: bool = True) -> dict[int, str]:
     """Front members on ``device`` nearest each target's predicted speedup, and the next
     faster member beside each (predictions land off target): trial number -> label."""
     from autoprune.front import device_front
@@ -431,7 +451,7 @@ def chosen_members(records, baseline, device: str) -> dict[int, str]:
         near = min(members, key=lambda m: abs(math.log(speed[m.number] / target)))
         out.setdefault(near.number, f"near {target:g}x")
         faster = sorted((m for m in members if speed[m.number] > speed[near.number]), key=lambda m: speed[m.number])
-        if faster:
+        if above and faster:
             out.setdefault(faster[0].number, f"above {target:g}x")
     return out
 
@@ -450,13 +470,13 @@ def bench_autoprune(run: Run, model_name: str, controller: str, task, timer: Tim
     profile_model(model_name, path, argparse.Namespace(work=str(work)), run.log)
     started = time.perf_counter()
     study = run_study(load_config(path), progress=False)
-    cost = run.costs.setdefault(f"{model_name}/{controller}", {"search_s": 0.0, "export_s": 0.0})
-    cost["search_s"] += time.perf_counter() - started
+    search_s = time.perf_counter() - started
     records, baseline = study.records(), study.baseline()
-    run.log(f"{model_name} {controller}: {len(records)} trials ({cost['search_s']:.0f} s this run)")
+    run.rows.add({"model": model_name, "source": "search", "name": controller, "setting": f"{len(records)} trials", "recipe": "", "seed": 0, "wall_s": search_s})
+    run.log(f"{model_name} {controller}: {len(records)} trials ({search_s:.0f} s this run)")
     members: dict[int, Any] = {}
     for device in DEVICES:
-        for number in chosen_members(records, baseline, device):
+        for number in chosen_members(records, baseline, device, run.setup.above):
             members[number] = next(r for r in records if r.number == number)
     for recipe in recipes:
         for seed_pass in (0, 1):
@@ -489,15 +509,17 @@ def bench_autoprune(run: Run, model_name: str, controller: str, task, timer: Tim
                         row.update(timing_columns(run, timer, None, Path(), known))
                         row["accuracy"] = exporter.tuned(member).accuracy
                     row["wall_s"] = time.perf_counter() - t
-                    cost["export_s"] += row["wall_s"]
                     run.rows.add(row)
                     run.log(f"{model_name} {controller} {setting} {recipe} seed {seed}: accuracy {row['accuracy']:.4f}, "
                             + ", ".join(f"{d} {row[f'speedup.{d}']:.2f}x" for d in DEVICES))
 
 
 # -- the report --------------------------------------------------------------------------------
-def write_report(run: Run, machine: str, dense: dict[str, dict[str, float]], wall_s: float) -> None:
-    df = run.rows.df
+def write_report(run: Run, machine: str, wall_s: float) -> None:
+    df = run.rows.reload()
+    dense = {r.model: r for _, r in df[df.source == "dense"].groupby("model").tail(1).iterrows()}
+    searches = df[df.source == "search"]
+    df = df[df.source.isin(["peer", "autoprune"])]
     setup = run.setup
     table = versus_table(df)
     table.to_csv(RESULTS / f"{setup.stem}.csv", index=False)
@@ -539,17 +561,21 @@ def write_report(run: Run, machine: str, dense: dict[str, dict[str, float]], wal
         "|---|---|---|" + "---|" * len(DEVICES),
     ]
     for model, info in dense.items():
-        lines.append(f"| {model} | {pct(info['accuracy'])} | {info['train_s']:.0f} | " + " | ".join(f(info.get(f"ms.{d}"), 4) for d in DEVICES) + " |")
+        lines.append(f"| {model} | {pct(info.accuracy)} | {info.wall_s:.0f} | " + " | ".join(f(info[f"latency_ms.{d}"], 4) for d in DEVICES) + " |")
+    lines += [f"\n{model}: {info.note}" for model, info in dense.items() if not pd.isna(info.note)]
     lines += ["", "## Final recipe (one epoch, same for everyone)", ""]
     lines += _table_lines(table, f, pct)
     if not best.empty:
         lines += ["", "## Best recipe (distillation from the dense model, 3 gradual pruning steps), peers given the same", ""]
         lines += _table_lines(best, f, pct)
-    lines += ["", "## Search cost", "", "| study | search s | export s (all members, all seeds) | dense training s |", "|---|---|---|---|"]
-    for key, cost in run.costs.items():
-        model = key.split("/")[0]
-        lines.append(f"| {key} | {cost['search_s']:.0f} | {cost['export_s']:.0f} | {dense.get(model, {}).get('train_s', float('nan')):.0f} |")
-    lines += ["", f"Wall time of this invocation: {wall_s / 60:.1f} min (times include waiting for the shared CPU; see the load above).", ""]
+    lines += ["", "## Search cost", "", "| model | controller | trials | search s | export s (all members, recipes, seeds) | dense training s |", "|---|---|---|---|---|---|"]
+    for (model, controller), part in searches.groupby(["model", "name"], sort=False):
+        exports = df[(df.model == model) & (df.source == "autoprune") & (df.name == controller)].wall_s.sum()
+        train = dense[model].wall_s if model in dense else float("nan")
+        lines.append(f"| {model} | {controller} | {part.setting.iloc[-1]} | {part.wall_s.sum():.0f} | {exports:.0f} | {train:.0f} |")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    lines += ["", f"Wall time of this invocation: {wall_s / 60:.1f} min; 1-minute load when the report was written: {load:.2f} "
+              "(times include waiting for the shared CPU).", ""]
     lines += ["## Every model", "", f"`{setup.stem}_models.csv`: one row per model, recipe and seed (accuracy, measured speedups and latencies per device, parameters).", ""]
     (RESULTS / f"{setup.stem}.md").write_text("\n".join(lines))
 
@@ -591,26 +617,25 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     started = time.perf_counter()
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
     run = Run(setup, args, ModelRows(RESULTS / f"{setup.stem}_models.csv"), log)
-    costs_file = work / "costs.json"
-    if costs_file.exists():
-        run.costs = json.loads(costs_file.read_text())
     recipes = ["final"] + (["best"] if args.best_recipe else [])
-    dense: dict[str, dict[str, float]] = {}
     for model_name in args.models:
-        task, train_s = task_for(model_name, setup, work)
+        task, trained = task_for(model_name, setup, work)
         timer = Timer(task.model, task.example_input, work / model_name, setup.rounds)
-        dense[model_name] = {"accuracy": float(task.metric(task.model, task.val)), "train_s": train_s}
-        for device in DEVICES:
-            _, ms, _ = timer.speedup(timer.dense_paths[device], device)
-            dense[model_name][f"ms.{device}"] = ms
-        log(f"{model_name}: dense accuracy {dense[model_name]['accuracy']:.4f}, trained in {train_s:.0f} s")
+        if not run.rows.has(model=model_name, source="dense"):
+            row = {"model": model_name, "source": "dense", "name": "dense", "setting": "", "recipe": "", "seed": 0,
+                   "accuracy": float(task.metric(task.model, task.val)), "wall_s": trained["train_s"], "note": trained.get("note"),
+                   "params": sum(p.numel() for p in task.model.parameters())}
+            for device in DEVICES:
+                _, ms, _ = timer.speedup(timer.dense_paths[device], device)
+                row[f"latency_ms.{device}"], row[f"speedup.{device}"] = ms, 1.0
+            run.rows.add(row)
+            log(f"{model_name}: dense accuracy {row['accuracy']:.4f}, trained in {trained['train_s']:.0f} s")
         bench_peers(run, model_name, task, timer, recipes, work / model_name)
-        write_report(run, machine, dense, time.perf_counter() - started)
+        write_report(run, machine, time.perf_counter() - started)
         for controller in args.controllers:
             bench_autoprune(run, model_name, controller, task, timer, recipes, work)
-            costs_file.write_text(json.dumps(run.costs, indent=2))
-            write_report(run, machine, dense, time.perf_counter() - started)
-    write_report(run, machine, dense, time.perf_counter() - started)
+            write_report(run, machine, time.perf_counter() - started)
+    write_report(run, machine, time.perf_counter() - started)
     log(f"wrote {RESULTS / (setup.stem + '.md')}")
 
 

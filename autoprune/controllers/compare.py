@@ -35,7 +35,7 @@ from ..trial import COMPLETE, TrialContext, TrialResult, run_trial
 from .base import CONTROLLERS
 
 #: The order runs are made in: cheap baselines first (their plans warm-start the others).
-DEFAULT_CONTROLLERS = ("uniform", "random", "evolution", "rl", "nsga2", "tpe")
+DEFAULT_CONTROLLERS = ("uniform", "random", "evolution", "knapsack", "rl", "nsga2", "tpe")
 SPEEDUPS = (1.5, 2.0, 3.0)
 
 
