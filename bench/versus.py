@@ -150,7 +150,7 @@ def versus_table(rows: pd.DataFrame, targets: Sequence[float] = TARGETS, recipe:
     out = []
     for (model, device), part in models.groupby(["model", "device"], sort=False):
         peers = part[part.source == "peer"]
-        for controller in [c for c in part[part.source == "autoprune"].name.unique()]:
+        for controller in list(part[part.source == "autoprune"].name.unique()) or [None]:  # None: no autoprune export yet
             mine = part[(part.source == "autoprune") & (part.name == controller)]
             for target in targets:
                 p, a = best_at(peers, target), best_at(mine, target)
@@ -587,7 +587,7 @@ def _table_lines(table: pd.DataFrame, f, pct) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
         lines.append(
-            f"| {r.model} | {r.device} | {r.target_speedup:g}x | {r.controller} | {'–' if pd.isna(r.peer) else r.peer} | {pct(r.peer_accuracy)} | {f(r.peer_speedup)} | "
+            f"| {r.model} | {r.device} | {r.target_speedup:g}x | {'–' if pd.isna(r.controller) else r.controller} | {'–' if pd.isna(r.peer) else r.peer} | {pct(r.peer_accuracy)} | {f(r.peer_speedup)} | "
             f"{'–' if pd.isna(r.autoprune_member) else r.autoprune_member} | {pct(r.autoprune_accuracy)} | {f(r.autoprune_speedup)} | {f(r.margin_points)} | "
             f"{'–' if pd.isna(r.seeds) else int(r.seeds)} | "
             f"{f(r.std_points)} | {verdict(r)} |"

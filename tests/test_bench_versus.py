@@ -75,3 +75,10 @@ def test_model_rows_append_and_resume(tmp_path):
     again = ModelRows(tmp_path / "models.csv")
     assert again.has(model="m", source="peer", name="tp-uniform", setting="ratio 0.5", recipe="final", seed=0)
     assert not again.has(model="m", source="peer", name="tp-uniform", setting="ratio 0.5", recipe="final", seed=1)
+
+
+def test_peers_alone_still_fill_the_table():
+    peers = ROWS[ROWS.source == "peer"]
+    table = versus_table(peers, targets=(2.0,))
+    assert len(table) == 2 and table.controller.isna().all() and table.autoprune_accuracy.isna().all()
+    assert verdict(table.iloc[0]) == "autoprune has no export reaching this speedup"
