@@ -46,7 +46,7 @@ DEFAULT_LADDER = (1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0)
 @dataclass(frozen=True)
 class PathPoint:
     """One plan on the allocation path: its importance removed (summed over units, each
-    unit's channels weighing 1 in all) and its predicted speedup over the dense model."""
+    unit weighing :func:`unit_weight`) and its predicted speedup over the dense model."""
 
     plan: Plan
     importance_lost: float
@@ -62,17 +62,24 @@ def unit_ratios(us: UnitSpace) -> list[float]:
     return sorted(set(grid))
 
 
-def importance_lost(scores: Optional[np.ndarray], channels: int, ratio: float, multiple: int) -> float:
-    """Share of a unit's importance removed at ``ratio``: the lowest scores first,
-    normalised so the whole unit weighs 1 (every channel alike without scores)."""
+def unit_weight(us: UnitSpace) -> float:
+    """How much a whole unit weighs against the others: the layers its channels touch (the
+    layers it shrinks and those whose inputs follow). A residual stage's coupled unit spans
+    many layers; weighing it like a single convolution let the walk strip it first."""
+    return float(max(1, len(us.unit.layers) + len(us.unit.consumers)))
+
+
+def importance_lost(scores: Optional[np.ndarray], channels: int, ratio: float, multiple: int, weight: float = 1.0) -> float:
+    """Importance removed from a unit at ``ratio``: the lowest scores first, as a share of
+    the unit's total (every channel alike without scores) times the unit's ``weight``."""
     removed = channels - kept_channels(channels, ratio, multiple)
     if removed <= 0:
         return 0.0
     if scores is None or len(scores) != channels:
-        return removed / channels
+        return weight * removed / channels
     ordered = np.sort(np.abs(np.asarray(scores, dtype=float)))
     total = ordered.sum()
-    return float(ordered[:removed].sum() / total) if total > 0 else removed / channels
+    return weight * (float(ordered[:removed].sum() / total) if total > 0 else removed / channels)
 
 
 def allocation_path(
@@ -102,7 +109,7 @@ def allocation_path(
             choice = UnitChoice(granularity, ratio, criterion)
             alone = Plan.from_dict({**base, name: choice})
             saving = 1.0 / base_speedup - 1.0 / speedup(alone)  # latency saved, as a fraction of dense
-            curve.append((choice, importance_lost(scores, us.unit.channels, ratio, us.rule.channel_multiple), saving))
+            curve.append((choice, importance_lost(scores, us.unit.channels, ratio, us.rule.channel_multiple, unit_weight(us)), saving))
         options[name] = curve
     position = {name: 0 for name in options}
     current = dict(base)
