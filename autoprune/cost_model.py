@@ -16,10 +16,13 @@ from __future__ import annotations
 import time
 from typing import Callable, Mapping, Optional, Sequence
 
+import numpy as np
+
+from .granularity import unit_channel_scores
 from .metrics import macs, nonzero_params
 from .objectives import Objective
 from .plan import Plan
-from .trial import TrialContext, prune
+from .trial import TrialContext, calibration, prune
 
 #: What a controller is given: plan -> predicted value per cost label (``latency_ms.<device>``,
 #: ``params``, ``macs``); the labels a model cannot predict are absent.
@@ -66,6 +69,13 @@ class CostModel:
         self.seconds += time.perf_counter() - start
         self._cache[plan.key] = costs
         return dict(costs)
+
+    def channel_importance(self, criteria: Mapping[str, str]) -> dict[str, np.ndarray]:
+        """The dense model's per-channel scores of each unit under its criterion (unit -> criterion):
+        what a controller allocating latency weighs channels by (see :mod:`autoprune.controllers.knapsack`)."""
+        ctx = self.ctx
+        scores = unit_channel_scores(ctx.task.model, ctx.units, ctx.task.example_input, criteria, calibration(ctx))
+        return {name: s.numpy() for name, s in scores.items()}
 
     def _predict(self, model) -> dict[str, float]:
         x = self.ctx.task.example_input

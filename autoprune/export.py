@@ -189,11 +189,15 @@ class _Tuned:
 
 @dataclass
 class Exporter:
-    """Exports members of one study; builds the task once and fine-tunes each chosen plan once."""
+    """Exports members of one study; builds the task once and fine-tunes each chosen plan once.
+
+    ``recipe`` and ``seed`` replace the study's export fine-tune and seed (to fine-tune a
+    member again on other batches)."""
 
     study: Study
     recipe: Optional[FinetuneRecipe] = None
     trust_task: bool = False  # import a ``module:function`` task the study names (see :func:`~autoprune.context.study_context`)
+    seed: Optional[int] = None
     _ctx: Optional[TrialContext] = None
     _tuned: dict[str, _Tuned] = field(default_factory=dict)
     _quality: dict[str, Optional[dict[str, Any]]] = field(default_factory=dict)
@@ -226,10 +230,11 @@ class Exporter:
 
             task = self.ctx.task
             started = time.perf_counter()
-            model = prune_for_export(self.ctx, Plan.from_dict(member.plan), self.config.export.iterative, self.config.seed)
+            seed = self.config.seed if self.seed is None else self.seed
+            model = prune_for_export(self.ctx, Plan.from_dict(member.plan), self.config.export.iterative, seed)
             device = resolve_device(self.recipe.device)
             model.to(device)
-            steps = finetune(model, task.train, self.recipe, training_loss(task, self.recipe.distill, device), seed=self.config.seed)
+            steps = finetune(model, task.train, self.recipe, training_loss(task, self.recipe.distill, device), seed=seed)
             accuracy = float(task.metric(model, task.val))
             model.cpu()
             self._tuned[member.plan_key] = _Tuned(model, accuracy, steps, time.perf_counter() - started)

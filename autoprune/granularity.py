@@ -17,9 +17,10 @@ Built-in names: ``none``, ``channel``, ``neuron``, ``unstructured`` (here), ``n:
 """
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 import torch_pruning as tp
@@ -257,6 +258,27 @@ def channel_scores(ctx: PruneContext, unit: Unit, criterion: str, group: tp.Grou
             "(bn-scale needs a BatchNorm after the unit's layers; activation and apoz need a layer reading its channels)"
         )
     return scores
+
+
+def unit_channel_scores(
+    model: nn.Module, units: Mapping[str, Unit], example_input: torch.Tensor, criteria: Mapping[str, str], calibration: Optional[Calibration] = None
+) -> dict[str, torch.Tensor]:
+    """One score per output channel of each named conv/linear unit of ``model`` (unpruned),
+    under the criterion ``criteria`` gives it: the scores channel pruning ranks by.
+
+    Scores a copy, so gradients a criterion accumulates stay off ``model``."""
+    ctx = PruneContext(copy.deepcopy(model).eval(), example_input, calibration)
+    out = {}
+    for name, criterion in criteria.items():
+        unit = units.get(name)
+        if unit is None or unit.kind not in CHANNEL_KINDS:
+            continue
+        root = ctx.layer(unit.layers[0])
+        handler = tp.prune_linear_out_channels if isinstance(root, nn.Linear) else tp.prune_conv_out_channels
+        group = ctx.graph.get_pruning_group(root, handler, idxs=list(range(out_channels(root))))
+        out[name] = channel_scores(ctx, unit, criterion, group).detach().cpu()
+    ctx.close()
+    return out
 
 
 @register_granularity("none", structural=False, description="leave the unit dense", kinds=("conv", "linear", "heads", "depth"))

@@ -27,6 +27,14 @@ class FinetuneRecipe(BaseModel):
     weight_decay: float = Field(5e-4, ge=0)
     schedule: Literal["constant", "cosine"] = "cosine"
     distill: Optional[Distillation] = Field(None, description="distil from the dense model while fine-tuning (see autoprune.distill)")
+    common_batches: bool = Field(
+        True,
+        description="every trial of a study fine-tunes on the same batches in the same order (common random numbers), "
+        "so two candidates differ by their plan rather than by their draw; false: a seed per trial",
+    )
+    bn_recalibration_batches: int = Field(
+        0, ge=0, description="training batches run through the model in train mode, without gradients, to re-estimate BatchNorm statistics before scoring"
+    )
     device: str = Field(
         "auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="where to fine-tune and score: auto (a CUDA GPU when there is one), cpu, cuda or cuda:N"
     )
@@ -94,3 +102,37 @@ def finetune(
                 break
     model.eval()
     return done
+
+
+def recalibrate_batchnorm(model: nn.Module, data: Dataset, batches: int, batch_size: int = 64, seed: int = 0) -> int:
+    """Re-estimate every BatchNorm's running statistics on ``batches`` training batches.
+
+    Pruning removes channels whose activations the next BatchNorm's statistics still
+    describe, and a short fine-tune updates them only partly; scoring with stale
+    statistics adds error that has nothing to do with the plan. The statistics are reset
+    and accumulated as a cumulative average (``momentum=None``) over the same seeded
+    batches for every model; weights are not touched. Returns the batches used.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if batches <= 0 or not norms:
+        return 0
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator)
+    device = model_device(model)
+    model.train()
+    used = 0
+    with torch.no_grad():
+        for batch in loader:
+            if used >= batches:
+                break
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            model(to_device(x, device) if device.type != "cpu" else x)
+            used += 1
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    model.eval()
+    return used

@@ -25,7 +25,7 @@ from .placement import resolve_device
 from .plan import Plan
 from .search_space import UnitSpace
 from .tasks import Task
-from .training import FinetuneRecipe, finetune
+from .training import FinetuneRecipe, finetune, recalibrate_batchnorm
 from .units import Unit
 
 if TYPE_CHECKING:
@@ -102,17 +102,26 @@ def prune(ctx: TrialContext, plan: Plan) -> torch.nn.Module:
     return apply_plan(ctx.task.model, plan, ctx.units, ctx.task.example_input, ctx.channel_multiples, calibration=calibration(ctx))
 
 
-def run_trial(ctx: TrialContext, plan: Plan, number: int, monitor: Optional["TrialMonitor"] = None) -> TrialResult:
+def trial_seed(ctx: TrialContext, number: int) -> int:
+    """The fine-tune seed of trial ``number``: the study's own seed for every trial when the
+    recipe asks for common batches (common random numbers), else one seed per trial."""
+    return ctx.seed if ctx.recipe.common_batches else ctx.seed + number
+
+
+def run_trial(ctx: TrialContext, plan: Plan, number: int, monitor: Optional["TrialMonitor"] = None, seed: Optional[int] = None) -> TrialResult:
     """Prune, time on every device, fine-tune, score. Errors are recorded, not raised.
 
     With a ``monitor`` the fine-tune reports accuracy at intermediate steps and may be
-    stopped early; the record then has state ``stopped`` and the steps it ran.
+    stopped early; the record then has state ``stopped`` and the steps it ran. ``seed``
+    overrides the fine-tune seed (see :func:`trial_seed`), to fine-tune a plan again on
+    other batches.
     """
     result = TrialResult(number=number, plan=plan.to_dict(), plan_key=plan.key)
     timings = result.timings
     start = time.perf_counter()
+    seed = trial_seed(ctx, number) if seed is None else seed
     try:
-        torch.manual_seed(ctx.seed + number)
+        torch.manual_seed(seed)
         model = prune(ctx, plan)
         result.params = nonzero_params(model)
         result.macs = macs(model, ctx.task.example_input)
@@ -125,9 +134,10 @@ def run_trial(ctx: TrialContext, plan: Plan, number: int, monitor: Optional["Tri
         device = resolve_device(ctx.recipe.device)
         model.to(device)
         loss = training_loss(ctx.task, ctx.recipe.distill, device)
-        result.finetune_steps = finetune(model, ctx.task.train, ctx.recipe, loss, seed=ctx.seed + number, on_step=on_step)
+        result.finetune_steps = finetune(model, ctx.task.train, ctx.recipe, loss, seed=seed, on_step=on_step)
         if monitor is not None and monitor.stopped:
             result.state = STOPPED
+        recalibrate_batchnorm(model, ctx.task.train, ctx.recipe.bn_recalibration_batches, ctx.recipe.batch_size, seed=ctx.seed)
         timings["finetune_s"] = time.perf_counter() - t
         t = time.perf_counter()
         result.accuracy = float(ctx.task.metric(model, ctx.task.val))

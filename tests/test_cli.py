@@ -15,7 +15,11 @@ def cli(*args, check=True):
 
 
 def test_three_trial_search_then_front_export_report(tmp_path):
-    config = write_config(tmp_path)
+    # heavily pruned plans: the front holds only trials measured faster than the dense model,
+    # and this tiny model's latency is mostly per-call overhead
+    space = tmp_path / "space.yaml"
+    space.write_text("rules:\n  - match: '*'\n    pruning_ratio: {low: 0.75, high: 0.8, step: 0.05}\nprotect: [stem, classifier]\n")
+    config = write_config(tmp_path, search_space=str(space))
     out = cli("search", config, "--no-progress")
     assert "Pareto front of tiny (3 trials" in out.stdout
     study = tmp_path / "study"

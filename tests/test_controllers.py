@@ -11,7 +11,7 @@ from autoprune.controllers.encoding import uniform_plans, violations
 from autoprune.controllers.selection import crowding_distances, nondominated_ranks
 from autoprune.errors import ConfigError
 from autoprune.plan import Plan
-from autoprune.testing.controllers import ControllerTestSuite, run_toy, toy_objectives, toy_space
+from autoprune.testing.controllers import TOY_DEVICE, ControllerTestSuite, run_toy, toy_objectives, toy_space
 from tests.conftest import REPO, write_config
 
 
@@ -159,3 +159,61 @@ def test_repeated_plans_from_another_controller_count_once(name):
     controller = CONTROLLERS.get(name)(space, toy_objectives(), **({"population_size": 6} if name == "evolution" else {"updates": 0}))
     controller.resume(records)
     assert (len(controller.population) if name == "evolution" else controller.replay_size) == 3
+
+
+class TestKnapsack(ControllerTestSuite):
+    controller = "knapsack"
+    options = {"population_size": 6, "warm_start": 2}
+
+
+def test_knapsack_ladder_meets_its_targets_on_the_cost_model_and_comes_first():
+    from autoprune.controllers.knapsack import allocation_path
+    from autoprune.testing.controllers import ToyCostModel
+
+    space = toy_space()
+    cost = ToyCostModel(space)
+    controller = CONTROLLERS.get("knapsack")(space, toy_objectives(), seed=0, cost_model=cost, ladder=[1.5, 2.0, 2.5])
+    ladder = controller.ladder_plans
+    assert len(ladder) == 3
+    speedups = [1 / controller.predicted_fraction(p) for p in ladder]
+    assert all(s >= t for s, t in zip(speedups, [1.5, 2.0, 2.5])), speedups
+    assert speedups == sorted(speedups)
+    assert all(violations(p, space) == [] for p in ladder)
+    records = run_toy(controller, space, 5)
+    assert [r.plan_key for r in records[:3]] == [p.key for p in ladder]
+    # the walk never gives up importance for nothing: each step saves predicted latency
+    path = allocation_path(space, lambda p: 1 / controller.predicted_fraction(p))
+    lost = [p.importance_lost for p in path]
+    assert lost == sorted(lost) and path[0].importance_lost == 0
+
+
+def test_knapsack_keeps_the_important_channels_the_uniform_plan_drops():
+    """Half of every unit's channels score near zero except in one unit, whose channels all
+    matter alike: the 1.5x plan prunes that unit least."""
+    from autoprune.controllers.knapsack import allocation_path, ladder
+    from autoprune.testing.controllers import ToyCostModel
+
+    space = {n: us for n, us in toy_space().items() if us.rule.pruning_ratio.step is not None and us.rule.pruning_ratio.high > 0.5}
+    cost = ToyCostModel(space)
+    speedup = lambda p: cost.dense[f"latency_ms.{TOY_DEVICE}"] / cost(p)[f"latency_ms.{TOY_DEVICE}"]  # noqa: E731
+    precious = sorted(space)[0]
+    flat = {n: np.concatenate([np.full(us.unit.channels // 2, 0.01), np.ones(us.unit.channels - us.unit.channels // 2)]) for n, us in space.items()}
+    flat[precious] = np.ones(space[precious].unit.channels)
+    (target, point), = ladder(allocation_path(space, speedup, flat), [1.5])
+    assert point.speedup >= 1.5
+    ratios = dict((n, c.pruning_ratio) for n, c in point.plan)
+    assert ratios[precious] <= min(ratios[n] for n in space if n != precious)
+
+
+def test_knapsack_resumes_past_the_ladder_plans_already_evaluated(tmp_path: Path):
+    from autoprune.testing.controllers import ToyCostModel
+    from autoprune.study import Study
+
+    space = toy_space()
+    make = lambda: CONTROLLERS.get("knapsack")(space, toy_objectives(), seed=2, cost_model=ToyCostModel(space), ladder=[1.5, 2.0, 2.5], population_size=6)  # noqa: E731
+    first = make()
+    records = run_toy(first, space, 2)
+    resumed = make()
+    resumed.resume(records)
+    assert resumed.ask().plan.key == first.ladder_plans[2].key
+    assert [r.plan_key for r in run_toy(make(), space, 9)] == [r.plan_key for r in run_toy(make(), space, 9)]

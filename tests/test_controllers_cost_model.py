@@ -175,3 +175,22 @@ def test_rl_with_a_cost_model_meets_each_episode_budget():
     (over, error), (_, blind_error) = misses(model), misses(None)
     assert over < 0.01 and error < 0.03
     assert error < blind_error / 2
+
+
+def test_knapsack_ladder_on_a_real_lookup_table(lut_context):
+    """Importance from the dense model's L1 scores, savings from the table: every ladder plan
+    is a plan of the space and reaches its target in the cost model's own prediction."""
+    config, ctx = lut_context
+    model = cost_model_for(ctx, build_objectives(config.objectives, config.devices))
+    scores = model.channel_importance({n: us.rule.criteria[0] for n, us in ctx.space.items()})
+    assert set(scores) == set(ctx.space) and all(len(s) == ctx.units[n].channels for n, s in scores.items())
+    dense_ms = model.dense["latency_ms.onnxruntime-cpu"]
+    most_pruned = dense_ms / model(uniform_plans(ctx.space)[-1])["latency_ms.onnxruntime-cpu"]
+    assert most_pruned > 1
+    targets = [1 + 0.25 * (most_pruned - 1), 1 + 0.5 * (most_pruned - 1)]  # the path ends at the most pruned plan
+    controller = CONTROLLERS.get("knapsack")(ctx.space, build_objectives(config.objectives, config.devices), cost_model=model, ladder=targets)
+    plans = controller.ladder_plans
+    assert plans and all(violations(p, ctx.space) == [] for p in plans)
+    reached = [dense_ms / model(p)["latency_ms.onnxruntime-cpu"] for p in plans]
+    assert all(s >= t for s, t in zip(reached, targets)), reached
+    assert [p.key for p in plans] == [p.key for p in CONTROLLERS.get("knapsack")(ctx.space, controller.objectives, cost_model=model, ladder=targets).ladder_plans]

@@ -35,7 +35,7 @@ from ..trial import COMPLETE, TrialContext, TrialResult, run_trial
 from .base import CONTROLLERS
 
 #: The order runs are made in: cheap baselines first (their plans warm-start the others).
-DEFAULT_CONTROLLERS = ("uniform", "random", "evolution", "rl", "nsga2", "tpe")
+DEFAULT_CONTROLLERS = ("uniform", "random", "evolution", "knapsack", "rl", "nsga2", "tpe")
 SPEEDUPS = (1.5, 2.0, 3.0)
 
 
@@ -139,7 +139,7 @@ def evaluate(ctx: TrialContext, plan: Plan, cache: EvaluationCache) -> tuple[Tri
     known = cache.get(plan.key)
     if known is not None:
         return known, False
-    record = run_trial(ctx, plan, plan_seed(plan))
+    record = run_trial(ctx, plan, plan_seed(plan), seed=plan_seed(plan))
     if record.state == COMPLETE:
         cache.add(record)
     return record, True
@@ -364,7 +364,7 @@ def rescore(
                 options = {**config.task_options, **(task_options or {})}
                 other = build_context(config.model_copy(update={"task_options": options}))
             plan = Plan.from_dict(record.plan)
-            again = run_trial(other, plan, plan_seed(plan))
+            again = run_trial(other, plan, plan_seed(plan), seed=plan_seed(plan))
             if again.state == COMPLETE:
                 cache.add(again)
         rows.append(
@@ -406,7 +406,7 @@ def reseed(
         plan = Plan.from_dict(record.plan)
         for k in range(1, seeds + 1):
             if (plan.key, k) not in done:
-                again = run_trial(ctx, plan, plan_seed(plan) + k)
+                again = run_trial(ctx, plan, plan_seed(plan) + k, seed=plan_seed(plan) + k)
                 done[(plan.key, k)] = again.accuracy
                 if path is not None and again.state == COMPLETE:
                     path.parent.mkdir(parents=True, exist_ok=True)
