@@ -204,7 +204,7 @@ def _load_onnx(model: bytes, threads: int, provider: str) -> tuple[Callable[[], 
 def time_call(run: Callable[[], None], warmup: int, repeats: int) -> dict[str, float]:
     """Median and 10th/90th percentile wall time of ``run()`` in ms after ``warmup`` calls.
 
-    The same statistics as :func:`autoprune.backends.base.time_runner`, so a remote table
+    The same statistics as :func:`autoprune.latency.backends.base.time_runner`, so a remote table
     and a local one are comparable.
     """
     for _ in range(warmup):

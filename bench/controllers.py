@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from autoprune.config import load_config
-from autoprune.context import build_context
-from autoprune.controllers.compare import EvaluationCache, Reference, compare_controllers, rescore, reseed, verdicts, write_results
+from autoprune.core.config import load_config
+from autoprune.search.context import build_context
+from autoprune.search.compare import EvaluationCache, Reference, compare_controllers, rescore, reseed, verdicts, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -83,8 +83,8 @@ NOTES = """
 
 def profiles_with_table(work: Path, device: str, measured: bool) -> tuple[Path, str]:
     """The profiles folder the bench uses and how its latency is obtained."""
-    from autoprune.devices import load_device
-    from autoprune.lut import has_table
+    from autoprune.latency.devices import load_device
+    from autoprune.latency.lut import has_table
 
     shipped = ROOT / "device_profiles"
     if measured:

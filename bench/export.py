@@ -36,10 +36,10 @@ import pandas as pd
 import torch
 from scipy.stats import kendalltau
 
-from autoprune.config import load_config
-from autoprune.executor import run_study
-from autoprune.export import ExportRequest, Exporter
-from autoprune.front import device_front
+from autoprune.core.config import load_config
+from autoprune.search.executor import run_study
+from autoprune.deploy.export import ExportRequest, Exporter
+from autoprune.results.front import device_front
 
 from .machine import machine_markdown
 
@@ -106,8 +106,8 @@ def fresh_profiles(args: argparse.Namespace) -> Path:
 
 def profile_model(model: str, config_path: Path, args: argparse.Namespace, log) -> None:
     """Profile every device's table for ``model``'s kernels and calibration (only what is missing)."""
-    from autoprune.devices import load_device
-    from autoprune.lut.profiler import bind_task, profile
+    from autoprune.latency.devices import load_device
+    from autoprune.latency.lut.profiler import bind_task, profile
 
     config = load_config(config_path)
     target = bind_task(config.task, str(config.search_space_path()), config.task_options)

@@ -35,17 +35,17 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from autoprune.apply import apply_plan
-from autoprune.backends import get_backend
-from autoprune.backends.base import time_runner
-from autoprune.criteria import Calibration
-from autoprune.distill import Distillation, training_loss
-from autoprune.latency import deployable
-from autoprune.metrics import macs, nonzero_params
-from autoprune.plan import Plan, UnitChoice
-from autoprune.structure import search_units
-from autoprune.tasks import load_task
-from autoprune.training import FinetuneRecipe, finetune
+from autoprune.pruning.apply import apply_plan
+from autoprune.latency.backends import get_backend
+from autoprune.latency.backends.base import time_runner
+from autoprune.pruning.criteria import Calibration
+from autoprune.training.distill import Distillation, training_loss
+from autoprune.latency.measured import deployable
+from autoprune.pruning.metrics import macs, nonzero_params
+from autoprune.core.plan import Plan, UnitChoice
+from autoprune.pruning.structure import search_units
+from autoprune.tasks.base import load_task
+from autoprune.training.finetune import FinetuneRecipe, finetune
 
 from .machine import machine_info
 
@@ -271,12 +271,12 @@ def minilm_variants(quick: bool) -> list:
 def transformer_table_check(args: argparse.Namespace, info: dict[str, str]) -> None:
     """Predicted (the device's latency table) vs measured latency of pruned MiniLM encoders.
 
-    For each device a fresh table is profiled with :func:`autoprune.lut.profile` over
+    For each device a fresh table is profiled with :func:`autoprune.latency.lut.profile` over
     ``search_spaces/transformer_minilm.yaml``, in a temporary copy of the device's profile
     folder (the same path as ``autoprune profile``: embed, attention and FFN kernels timed in
     the same interleaved rounds as ``--calibration`` random plans of the space). The bench's
     variants and ``--random-plans`` other random plans are then predicted by the
-    :class:`~autoprune.lut.LUTEstimator` and measured in two separate interleaved passes
+    :class:`~autoprune.latency.lut.LUTEstimator` and measured in two separate interleaved passes
     (the second pass gives the noise floor). Fine-tuning does not change latency: none is run.
     """
     import shutil
@@ -284,12 +284,12 @@ def transformer_table_check(args: argparse.Namespace, info: dict[str, str]) -> N
     import numpy as np
     from scipy.stats import kendalltau
 
-    from autoprune.controllers import random_plan
-    from autoprune.devices import load_device
-    from autoprune.latency import batched
-    from autoprune.lut import LUTEstimator, profile
-    from autoprune.lut.measure import measure_models_passes
-    from autoprune.search_space import SearchSpace
+    from autoprune.search.controllers import random_plan
+    from autoprune.latency.devices import load_device
+    from autoprune.latency.measured import batched
+    from autoprune.latency.lut import LUTEstimator, profile
+    from autoprune.latency.lut.measure import measure_models_passes
+    from autoprune.pruning.space import SearchSpace
 
     task = load_task("minilm", train_size=32, val_size=32)
     x = task.example_input
@@ -307,7 +307,7 @@ def transformer_table_check(args: argparse.Namespace, info: dict[str, str]) -> N
     lines += [f"- {k}: {v}" for k, v in info.items()]
     lines += [
         "",
-        f"Per device, a fresh table profiled with `autoprune.lut.profile` over search_spaces/transformer_minilm.yaml at sequence length {x.shape[1]} "
+        f"Per device, a fresh table profiled with `autoprune.latency.lut.profile` over search_spaces/transformer_minilm.yaml at sequence length {x.shape[1]} "
         f"(embed, attention and FFN kernel keys, timed in the same {args.rounds} interleaved rounds as {args.calibration} calibration models: random plans of the space), "
         f"then the variants below and {args.random_plans} other random plans predicted from the table and measured in two separate interleaved passes of {args.rounds} rounds; "
         "noise % = |pass 2 - pass 1| / pass 1; error % = (predicted - pass 1) / pass 1.",

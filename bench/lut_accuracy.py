@@ -26,9 +26,9 @@ import pandas as pd
 import torch
 import yaml
 
-from autoprune.devices import load_device
-from autoprune.lut.profiler import bind_task, profile
-from autoprune.lut.validate import validate
+from autoprune.latency.devices import load_device
+from autoprune.latency.lut.profiler import bind_task, profile
+from autoprune.latency.lut.validate import validate
 
 from .machine import machine_markdown
 
@@ -125,7 +125,7 @@ def main() -> None:
                 result = validate(device, target.task.model, target.task.example_input, target.units, target.space, n=args.n, seed=args.seed)
                 validate_s = time.perf_counter() - t
                 result.rows.to_csv(details / f"{model}-{device_name}.csv", index=False)
-                from autoprune.lut.validate import plot
+                from autoprune.latency.lut.validate import plot
 
                 plot(result, details / f"{model}-{device_name}.png")
                 m, z = result.metrics, result.noise

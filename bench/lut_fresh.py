@@ -28,9 +28,9 @@ import pandas as pd
 import torch
 import yaml
 
-from autoprune.devices import load_device
-from autoprune.lut.profiler import bind_task, profile
-from autoprune.lut.validate import band_metrics, validate
+from autoprune.latency.devices import load_device
+from autoprune.latency.lut.profiler import bind_task, profile
+from autoprune.latency.lut.validate import band_metrics, validate
 
 from .machine import machine_markdown
 

@@ -6,7 +6,7 @@ import platform
 from datetime import datetime, timezone
 from importlib import metadata
 
-from autoprune.devices import cpu_model
+from autoprune.latency.devices import cpu_model
 
 
 def _version(package: str) -> str:

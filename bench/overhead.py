@@ -17,9 +17,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from autoprune.config import load_config
-from autoprune.context import build_context
-from autoprune.executor import run_study
+from autoprune.core.config import load_config
+from autoprune.search.context import build_context
+from autoprune.search.executor import run_study
 
 from .machine import machine_markdown
 

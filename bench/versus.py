@@ -192,7 +192,7 @@ def verdict(row: pd.Series) -> str:
 # -- building, fine-tuning and timing models ----------------------------------------------------
 def cubic_scheduler(pruning_ratio: float, steps: int) -> list[float]:
     """Torch-Pruning's ratio scheduler with autoprune's cubic schedule (gradual pruning)."""
-    from autoprune.schedule import cubic_fractions
+    from autoprune.deploy.gradual import cubic_fractions
 
     return [0.0] + [pruning_ratio * f for f in cubic_fractions(steps)]
 
@@ -220,9 +220,9 @@ class Timer:
     """Exports models for each device and times them interleaved with the dense model."""
 
     def __init__(self, dense, example, work: Path, rounds: int) -> None:
-        from autoprune.backends import get_backend
-        from autoprune.devices import load_device
-        from autoprune.latency import batched, deployable
+        from autoprune.latency.backends import get_backend
+        from autoprune.latency.devices import load_device
+        from autoprune.latency.measured import batched, deployable
 
         self.work, self.rounds, self.example = work, rounds, example
         self.profiles = {d: load_device(d) for d in DEVICES}
@@ -238,7 +238,7 @@ class Timer:
 
     def speedup(self, path: Path, device: str) -> tuple[float, float, float]:
         """(speedup, latency_ms, dense latency_ms) of an exported file, interleaved rounds."""
-        from autoprune.export import measure_interleaved
+        from autoprune.deploy.export import measure_interleaved
 
         profile = self.profiles[device]
         x = self._batched(self.example, profile.batch_size).numpy()
@@ -306,19 +306,19 @@ class Run:
 
     @property
     def final(self):
-        from autoprune.training import FinetuneRecipe
+        from autoprune.training.finetune import FinetuneRecipe
 
         return FinetuneRecipe(epochs=1, lr=0.01, batch_size=64, schedule="cosine")
 
     def recipe(self, name: str):
         """The fine-tune of recipe ``name``: the common final one, or with distillation."""
-        from autoprune.distill import Distillation
+        from autoprune.training.distill import Distillation
 
         return self.final if name == "final" else self.final.model_copy(update={"distill": Distillation()})
 
     def iterative(self, name: str):
         """Gradual pruning for the best recipe: 3 cubic steps, a third of an epoch (distilled) between."""
-        from autoprune.schedule import IterativeSchedule
+        from autoprune.deploy.gradual import IterativeSchedule
 
         if name == "final":
             return None
@@ -328,7 +328,7 @@ class Run:
 def task_for(model: str, setup: Setup, work: Path) -> tuple[Any, dict[str, Any]]:
     """The task, and the dense model's training time as ``work/MODEL/dense.json`` records it
     (``train_s``, an optional ``note``): measured by the run that trains it."""
-    from autoprune.tasks import fashion_mnist
+    from autoprune.tasks.base import fashion_mnist
 
     record = work / model / "dense.json"
     started = time.perf_counter()
@@ -342,8 +342,8 @@ def task_for(model: str, setup: Setup, work: Path) -> tuple[Any, dict[str, Any]]
 
 
 def finetuned_accuracy(run: Run, task, model, recipe_name: str, seed: int) -> float:
-    from autoprune.distill import training_loss
-    from autoprune.training import finetune
+    from autoprune.training.distill import training_loss
+    from autoprune.training.finetune import finetune
 
     recipe = run.recipe(recipe_name)
     finetune(model, task.train, recipe, training_loss(task, recipe.distill), seed=seed)
@@ -374,8 +374,8 @@ def bench_peers(run: Run, model_name: str, task, timer: Timer, recipes: Sequence
                             schedule = run.iterative(recipe)
 
                             def between(m, step, schedule=schedule, seed=seed):
-                                from autoprune.distill import training_loss
-                                from autoprune.training import finetune
+                                from autoprune.training.distill import training_loss
+                                from autoprune.training.finetune import finetune
 
                                 finetune(m, task.train, schedule.finetune, training_loss(task, schedule.finetune.distill), seed=seed + step + 1)
 
@@ -441,7 +441,7 @@ def study_config(model: str, controller: str, run: Run, work: Path) -> Path:
 def chosen_members(records, baseline, device: str, above: bool = True) -> dict[int, str]:
     """Front members on ``device`` nearest each target's predicted speedup, and the next
     faster member beside each (predictions land off target): trial number -> label."""
-    from autoprune.front import device_front
+    from autoprune.results.front import device_front
 
     members = device_front(records, device)
     dense_ms = baseline["latency_ms"][device]
@@ -460,9 +460,9 @@ def bench_autoprune(run: Run, model_name: str, controller: str, task, timer: Tim
     """Search (or resume), then export the chosen members with each recipe and seed."""
     import torch
 
-    from autoprune.config import ExportOptions, load_config
-    from autoprune.executor import run_study
-    from autoprune.export import ExportRequest, Exporter
+    from autoprune.core.config import ExportOptions, load_config
+    from autoprune.search.executor import run_study
+    from autoprune.deploy.export import ExportRequest, Exporter
 
     from .export import profile_model
 
@@ -607,7 +607,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
     setup = QUICK if args.quick else FULL
     if args.controllers is None:
-        from autoprune.config import Config
+        from autoprune.core.config import Config
 
         args.controllers = [Config().controller]
     work = Path(args.work or ("runs/bench-versus-quick" if args.quick else "runs/bench-versus")).resolve()

@@ -25,14 +25,14 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_resnet_task():
-    from autoprune.tasks import load_task
+    from autoprune.tasks.base import load_task
 
     return load_task("digits", model="resnet-tiny", epochs=3)
 
 
 @pytest.fixture(scope="session")
 def tiny_mobilenet_task():
-    from autoprune.tasks import load_task
+    from autoprune.tasks.base import load_task
 
     return load_task("digits", model="mobilenetv2-tiny", epochs=3)
 

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 import autoprune.agent
-from autoprune.backends import get_backend
-from autoprune.errors import AutopruneError
-from autoprune.remote import AgentClient, AgentMeasurer
+from autoprune.latency.backends import get_backend
+from autoprune.core.errors import AutopruneError
+from autoprune.latency.remote import AgentClient, AgentMeasurer
 
 TOKEN = "s3cret-token"
 MAX_BYTES = 200_000

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 import autoprune
-from autoprune.config import Budget
-from autoprune.errors import AutopruneError, ConfigError
+from autoprune.core.config import Budget
+from autoprune.core.errors import AutopruneError, ConfigError
 from tests.conftest import write_config
 
 

@@ -4,10 +4,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from autoprune.config import load_config
-from autoprune.context import build_context
-from autoprune.errors import ConfigError
-from autoprune.search_space import SearchSpace
+from autoprune.core.config import load_config
+from autoprune.search.context import build_context
+from autoprune.core.errors import ConfigError
+from autoprune.pruning.space import SearchSpace
 from tests.conftest import REPO, write_config
 
 

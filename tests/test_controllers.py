@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoprune.controllers import CONTROLLERS
-from autoprune.controllers.encoding import uniform_plans, violations
-from autoprune.controllers.selection import crowding_distances, nondominated_ranks
-from autoprune.errors import ConfigError
-from autoprune.plan import Plan
+from autoprune.search.controllers import CONTROLLERS
+from autoprune.search.controllers.encoding import uniform_plans, violations
+from autoprune.search.controllers.selection import crowding_distances, nondominated_ranks
+from autoprune.core.errors import ConfigError
+from autoprune.core.plan import Plan
 from autoprune.testing.controllers import TOY_DEVICE, ControllerTestSuite, run_toy, toy_objectives, toy_space
 from tests.conftest import REPO, write_config
 
@@ -99,7 +99,7 @@ def test_evolution_starts_from_uniform_plans_and_keeps_only_the_latest_populatio
 
 
 def test_evolution_finds_a_better_front_than_random_on_the_toy_problem():
-    from autoprune.pareto import hypervolume_2d
+    from autoprune.core.pareto import hypervolume_2d
 
     space = toy_space()
 
@@ -167,7 +167,7 @@ class TestKnapsack(ControllerTestSuite):
 
 
 def test_knapsack_ladder_meets_its_targets_on_the_cost_model_and_comes_first():
-    from autoprune.controllers.knapsack import allocation_path
+    from autoprune.search.controllers.knapsack import allocation_path
     from autoprune.testing.controllers import ToyCostModel
 
     space = toy_space()
@@ -190,7 +190,7 @@ def test_knapsack_ladder_meets_its_targets_on_the_cost_model_and_comes_first():
 def test_knapsack_keeps_the_important_channels_the_uniform_plan_drops():
     """Half of every unit's channels score near zero except in one unit, whose channels all
     matter alike: the 1.5x plan prunes that unit least."""
-    from autoprune.controllers.knapsack import allocation_path, ladder
+    from autoprune.search.controllers.knapsack import allocation_path, ladder
     from autoprune.testing.controllers import ToyCostModel
 
     space = {n: us for n, us in toy_space().items() if us.rule.pruning_ratio.step is not None and us.rule.pruning_ratio.high > 0.5}
@@ -207,7 +207,7 @@ def test_knapsack_keeps_the_important_channels_the_uniform_plan_drops():
 
 def test_knapsack_resumes_past_the_ladder_plans_already_evaluated(tmp_path: Path):
     from autoprune.testing.controllers import ToyCostModel
-    from autoprune.study import Study
+    from autoprune.results.study import Study
 
     space = toy_space()
     make = lambda: CONTROLLERS.get("knapsack")(space, toy_objectives(), seed=2, cost_model=ToyCostModel(space), ladder=[1.5, 2.0, 2.5], population_size=6)  # noqa: E731

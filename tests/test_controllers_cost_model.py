@@ -8,17 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoprune.config import load_config
-from autoprune.context import build_context
-from autoprune.controllers import CONTROLLERS
-from autoprune.controllers.encoding import uniform_plans, violations
-from autoprune.cost_model import CostModel, cost_model_for
-from autoprune.executor import make_controller
-from autoprune.objectives import build_objectives
-from autoprune.plan import Plan
-from autoprune.study import Study
+from autoprune.core.config import load_config
+from autoprune.search.context import build_context
+from autoprune.search.controllers import CONTROLLERS
+from autoprune.search.controllers.encoding import uniform_plans, violations
+from autoprune.search.cost_model import CostModel, cost_model_for
+from autoprune.search.executor import make_controller
+from autoprune.core.objectives import build_objectives
+from autoprune.core.plan import Plan
+from autoprune.results.study import Study
 from autoprune.testing.controllers import TOY_DEVICE, ToyCostModel, run_toy, toy_objectives, toy_space
-from autoprune.trial import TrialResult, run_trial
+from autoprune.search.trial import TrialResult, run_trial
 from tests.conftest import REPO, write_config
 
 
@@ -30,8 +30,8 @@ def speedups(records, device: str, dense_ms: float) -> np.ndarray:
 def lut_context(tmp_path_factory: pytest.TempPathFactory):
     """The tiny digits ResNet under search_spaces/cnn_channel.yaml, latency from an
     onnxruntime-cpu table profiled for it here (in a profiles folder of the test's own)."""
-    from autoprune.devices import load_device
-    from autoprune.lut import profile
+    from autoprune.latency.devices import load_device
+    from autoprune.latency.lut import profile
 
     tmp = tmp_path_factory.mktemp("lut")
     (tmp / "profiles" / "onnxruntime-cpu").mkdir(parents=True)
@@ -80,7 +80,7 @@ def test_evolution_with_a_real_cost_model_aims_at_the_target(lut_context):
     parameters): with the cost model more children meet the target speedup than without.
     The target is the speedup one random plan in five reaches under the current table (on
     this tiny model many pruned plans are slower than dense on ONNX Runtime)."""
-    from autoprune.controllers.base import random_plan
+    from autoprune.search.controllers.base import random_plan
 
     config, ctx = lut_context
     objectives = build_objectives(config.objectives, config.devices)
@@ -151,9 +151,9 @@ def test_rl_with_a_cost_model_meets_each_episode_budget():
     (on a channel-only space, where every budget down to the cheapest plan is reachable)."""
     import torch
 
-    from autoprune.models import MODELS
-    from autoprune.search_space import Rule, SearchSpace
-    from autoprune.units import prunable_units
+    from autoprune.tasks.models import MODELS
+    from autoprune.pruning.space import Rule, SearchSpace
+    from autoprune.pruning.units import prunable_units
 
     net = MODELS.get("mobilenetv2-tiny")(in_channels=1, num_classes=10)
     units = prunable_units(net, torch.zeros(1, 1, 8, 8), ("stem", "classifier"))

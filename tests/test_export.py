@@ -13,14 +13,14 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from autoprune.apply import apply_plan
-from autoprune.backends import get_backend
-from autoprune.errors import AutopruneError
-from autoprune.export import parity, select_member
-from autoprune.latency import deployable
-from autoprune.plan import Plan, UnitChoice
-from autoprune.trial import COMPLETE, FAILED, TrialResult
-from autoprune.units import prunable_units
+from autoprune.pruning.apply import apply_plan
+from autoprune.latency.backends import get_backend
+from autoprune.core.errors import AutopruneError
+from autoprune.deploy.export import parity, select_member
+from autoprune.latency.measured import deployable
+from autoprune.core.plan import Plan, UnitChoice
+from autoprune.search.trial import COMPLETE, FAILED, TrialResult
+from autoprune.pruning.units import prunable_units
 from tests.conftest import write_config
 
 
@@ -82,7 +82,7 @@ def _available(name: str):
 
 @pytest.fixture(scope="module", params=["resnet20", "mobilenetv2"])
 def cnn_task(request):
-    from autoprune.tasks import load_task
+    from autoprune.tasks.base import load_task
 
     return load_task("digits", model=request.param, epochs=1)
 
@@ -126,7 +126,7 @@ def test_channel_pruning_shrinks_the_graph_and_sparse_keeps_its_zeros(cnn_task, 
 
 @pytest.fixture(scope="module")
 def small_task():
-    from autoprune.tasks import load_task
+    from autoprune.tasks.base import load_task
 
     return load_task("digits", model="resnet-tiny", epochs=3)
 
@@ -141,7 +141,7 @@ def small_task():
     ],
 )
 def test_int8_quantization_keeps_accuracy_measured_through_the_file(small_task, backend_name, mode, tmp_path):
-    from autoprune import quantize as q
+    from autoprune.deploy import quantize as q
 
     backend = _available(backend_name)
     float_path = backend.export(deployable(small_task.model, small_task.example_input), small_task.example_input, tmp_path / f"m{backend.suffix}")
@@ -162,7 +162,7 @@ def test_int8_quantization_keeps_accuracy_measured_through_the_file(small_task, 
 
 
 def test_quantization_of_a_torch_program_is_a_clear_error(tmp_path):
-    from autoprune import quantize as q
+    from autoprune.deploy import quantize as q
 
     with pytest.raises(AutopruneError, match="available for onnxruntime-\\* and tflite devices, not backend 'torch-cpu'"):
         q.quantize_file("torch-cpu", tmp_path / "m.pt2", tmp_path / "q.pt2", "dynamic")
@@ -174,8 +174,8 @@ def test_quantization_of_a_torch_program_is_a_clear_error(tmp_path):
 def two_device_study(tmp_path_factory):
     """A two-trial study on ONNX Runtime and LiteRT whose export prunes gradually in two steps."""
     _available("tflite")
-    from autoprune.config import load_config
-    from autoprune.executor import run_study
+    from autoprune.core.config import load_config
+    from autoprune.search.executor import run_study
 
     gradual = {"steps": 2, "finetune": {"max_steps": 2, "batch_size": 32}}
     tmp = tmp_path_factory.mktemp("study")
@@ -191,7 +191,7 @@ def two_device_study(tmp_path_factory):
 
 @pytest.mark.tflite
 def test_export_all_devices_writes_one_verified_model_per_device_with_an_index(two_device_study, tmp_path):
-    from autoprune.export import export_all
+    from autoprune.deploy.export import export_all
 
     out = tmp_path / "deploy"
     index = export_all(two_device_study.path, out_dir=out, quantize="static", calibration_samples=32)
@@ -277,7 +277,7 @@ def _onnx_output(path: Path, x: torch.Tensor) -> np.ndarray:
 
 def test_deployed_onnx_goes_through_torch_export_with_parity(tmp_path):
     pytest.importorskip("onnxscript", reason="the torch.export-based ONNX exporter needs onnxscript")
-    from autoprune.backends.onnxruntime import deploy_onnx
+    from autoprune.latency.backends.onnxruntime import deploy_onnx
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 5)).eval()
     x = torch.randn(1, 3, 6, 6)
@@ -287,7 +287,7 @@ def test_deployed_onnx_goes_through_torch_export_with_parity(tmp_path):
 
 
 def test_a_model_torch_export_cannot_take_falls_back_and_says_why(tmp_path, caplog):
-    from autoprune.backends.onnxruntime import deploy_onnx
+    from autoprune.latency.backends.onnxruntime import deploy_onnx
 
     model, x = _ReadsItsInput().eval(), torch.randn(1, 3, 8, 8)
     with caplog.at_level("WARNING", logger="autoprune"), warnings.catch_warnings():

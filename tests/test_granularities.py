@@ -8,22 +8,22 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from autoprune.apply import apply_plan
-from autoprune.backends import get_backend
-from autoprune.criteria import CRITERIA, Calibration
-from autoprune.depth import SkippedBlock
-from autoprune.distill import Distillation, distillation_loss, kd_term
-from autoprune.errors import AutopruneError, ConfigError, UnknownNameError
-from autoprune.granularity import GRANULARITIES, PruneContext, channel_scores, kept_channels, refresh_masks
-from autoprune.latency import deployable
-from autoprune.models import MODELS
-from autoprune.plan import Plan, UnitChoice
-from autoprune.schedule import cubic_fractions, iterative_prune, scale_plan
-from autoprune.search_space import SearchSpace
-from autoprune.sparse import gemm_view
-from autoprune.structure import search_units
-from autoprune.tasks import cross_entropy
-from autoprune.training import FinetuneRecipe, finetune
+from autoprune.pruning.apply import apply_plan
+from autoprune.latency.backends import get_backend
+from autoprune.pruning.criteria import CRITERIA, Calibration
+from autoprune.pruning.depth import SkippedBlock
+from autoprune.training.distill import Distillation, distillation_loss, kd_term
+from autoprune.core.errors import AutopruneError, ConfigError, UnknownNameError
+from autoprune.pruning.granularity import GRANULARITIES, PruneContext, channel_scores, kept_channels, refresh_masks
+from autoprune.latency.measured import deployable
+from autoprune.tasks.models import MODELS
+from autoprune.core.plan import Plan, UnitChoice
+from autoprune.deploy.gradual import cubic_fractions, iterative_prune, scale_plan
+from autoprune.pruning.space import SearchSpace
+from autoprune.pruning.sparse import gemm_view
+from autoprune.pruning.structure import search_units
+from autoprune.tasks.base import cross_entropy
+from autoprune.training.finetune import FinetuneRecipe, finetune
 
 X = torch.randn(1, 1, 8, 8)
 SPARSE = ["unstructured", "n:4", "n:8", "block1x4", "block4x4"]
@@ -284,10 +284,10 @@ def test_distillation_loss_blends_task_and_teacher():
 
 
 def test_study_config_turns_on_distillation_and_the_iterative_export(tmp_path):
-    from autoprune.config import load_config
-    from autoprune.context import build_context
-    from autoprune.schedule import prune_for_export
-    from autoprune.trial import prune, run_trial
+    from autoprune.core.config import load_config
+    from autoprune.search.context import build_context
+    from autoprune.deploy.gradual import prune_for_export
+    from autoprune.search.trial import prune, run_trial
     from tests.conftest import write_config
 
     path = write_config(

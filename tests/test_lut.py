@@ -11,19 +11,19 @@ import pytest
 import torch
 import yaml
 
-from autoprune.apply import apply_plan
-from autoprune.controllers import random_plan
-from autoprune.devices import load_device
-from autoprune.errors import ConfigError, MissingLatencyKeyError
-from autoprune.latency import MeasuredLatency, estimator_for
-from autoprune.lut import LUTEstimator, LatencyTableWarning, extract_kernels, has_table, load_table, profile
-from autoprune.lut.enumeration import enumerate_keys
-from autoprune.lut.keys import KernelKey
-from autoprune.lut.profiler import calibration_plans, measure_keys
-from autoprune.lut.table import CalibrationPoint, LatencyTable
-from autoprune.plan import Plan, UnitChoice
-from autoprune.search_space import SearchSpace
-from autoprune.units import prunable_units
+from autoprune.pruning.apply import apply_plan
+from autoprune.search.controllers import random_plan
+from autoprune.latency.devices import load_device
+from autoprune.core.errors import ConfigError, MissingLatencyKeyError
+from autoprune.latency.measured import MeasuredLatency, estimator_for
+from autoprune.latency.lut import LUTEstimator, LatencyTableWarning, extract_kernels, has_table, load_table, profile
+from autoprune.latency.lut.enumeration import enumerate_keys
+from autoprune.latency.lut.keys import KernelKey
+from autoprune.latency.lut.profiler import calibration_plans, measure_keys
+from autoprune.latency.lut.table import CalibrationPoint, LatencyTable
+from autoprune.core.plan import Plan, UnitChoice
+from autoprune.pruning.space import SearchSpace
+from autoprune.pruning.units import prunable_units
 
 from .conftest import REPO
 
@@ -90,7 +90,7 @@ def test_table_round_trip_and_version_warning(tmp_path):
     make_device(tmp_path)
     device = load_device("onnxruntime-cpu", tmp_path)
     table = LatencyTable.new(device, device.path, {"onnxruntime": "0.0.1"}, "nchw")
-    from autoprune.backends import LatencyStats
+    from autoprune.latency.backends import LatencyStats
 
     key = KernelKey("conv", 8, 8, 8, 16, 3, 1, 1, 1, "relu", 0.3)
     table.append([(key, LatencyStats(0.012, 0.011, 0.015, 60)), (KernelKey("gpool", 16, 8, 8, 16), LatencyStats(0.002, 0.002, 0.003, 60))])
@@ -184,10 +184,10 @@ def test_missing_key_is_an_error_on_a_remote_device_and_measured_on_a_local_one(
 
 @pytest.mark.tflite
 def test_tflite_kernels_from_templates_match_direct_conversion(tmp_path):
-    from autoprune.backends import get_backend
-    from autoprune.lut.kernels import kernel_model
-    from autoprune.lut.measure import export
-    from autoprune.lut.tflite_kernels import TFLiteKernelWriter
+    from autoprune.latency.backends import get_backend
+    from autoprune.latency.lut.kernels import kernel_model
+    from autoprune.latency.lut.measure import export
+    from autoprune.latency.lut.tflite_kernels import TFLiteKernelWriter
 
     backend = get_backend("tflite")
     ok, why = backend.available()
@@ -219,7 +219,7 @@ def test_tflite_kernels_from_templates_match_direct_conversion(tmp_path):
 
 
 def test_cli_profile_then_validate(tmp_path, monkeypatch):
-    from autoprune.cli import main
+    from autoprune.cli.main import main
 
     make_device(tmp_path / "profiles")
     monkeypatch.setenv("AUTOPRUNE_PROFILES", str(tmp_path / "profiles"))
@@ -239,8 +239,8 @@ def test_cli_profile_then_validate(tmp_path, monkeypatch):
 
 
 def test_onnxruntime_network_sum_folds_adds_and_charges_reorders_between_layouts():
-    from autoprune.lut.keys import Kernel
-    from autoprune.lut.ort_layout import network_sum
+    from autoprune.latency.lut.keys import Kernel
+    from autoprune.latency.lut.ort_layout import network_sum
 
     def row(ms, lin="nchw", lout="nchw", ri=0.0, ro=0.0):
         return {"median_ms": ms, "layout_in": lin, "layout_out": lout, "reorder_in_ms": ri, "reorder_out_ms": ro}
@@ -268,7 +268,7 @@ def test_onnxruntime_network_sum_folds_adds_and_charges_reorders_between_layouts
 
 
 def test_calibration_recovers_intercept_scale_and_weight_cost():
-    from autoprune.lut.table import fit_calibration
+    from autoprune.latency.lut.table import fit_calibration
 
     points = [
         CalibrationPoint(model="m", kernels=30, kernel_sum_ms=s, weight_mb=w, measured_ms=0.004 + 0.05 + 0.8 * s + 0.04 * w)
@@ -283,7 +283,7 @@ def test_calibration_recovers_intercept_scale_and_weight_cost():
 
 
 def test_calibration_over_depth_variants_keeps_a_positive_scale():
-    from autoprune.lut.table import fit_calibration
+    from autoprune.latency.lut.table import fit_calibration
 
     # transformer-like variants: 2 kernels per layer, the kernel sum grows with the layers
     layers = [2, 3, 4, 5, 6, 4, 5, 3]
@@ -299,7 +299,7 @@ def test_calibration_over_depth_variants_keeps_a_positive_scale():
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["torch-cuda", "onnxruntime-cuda"])
 def test_profile_and_predict_on_a_gpu_backend(backend, request, tmp_path):
-    from autoprune.backends import get_backend
+    from autoprune.latency.backends import get_backend
 
     ok, why = get_backend(backend).available()
     if not ok:

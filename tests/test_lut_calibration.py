@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from autoprune.backends import LatencyStats
-from autoprune.devices import cpu_model, load_device
-from autoprune.latency import MeasuredLatency, estimator_for
-from autoprune.lut import LUTEstimator, extract_kernels
-from autoprune.lut.keys import architecture
-from autoprune.lut.measure import ratio_interval
-from autoprune.lut.table import CalibrationPoint, LatencyTable, fit_calibration, installed_versions
-from autoprune.lut.validate import band_metrics
+from autoprune.latency.backends import LatencyStats
+from autoprune.latency.devices import cpu_model, load_device
+from autoprune.latency.measured import MeasuredLatency, estimator_for
+from autoprune.latency.lut import LUTEstimator, extract_kernels
+from autoprune.latency.lut.keys import architecture
+from autoprune.latency.lut.measure import ratio_interval
+from autoprune.latency.lut.table import CalibrationPoint, LatencyTable, fit_calibration, installed_versions
+from autoprune.latency.lut.validate import band_metrics
 
 from .test_lut import make_device
 

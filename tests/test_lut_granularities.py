@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from autoprune.apply import apply_plan
-from autoprune.controllers import random_plan
-from autoprune.criteria import Calibration
-from autoprune.devices import load_device
-from autoprune.lut import LUTEstimator, load_table, profile
-from autoprune.lut.profiler import calibration_plans
-from autoprune.models import ResNet
-from autoprune.plan import Plan, UnitChoice
-from autoprune.search_space import SearchSpace
-from autoprune.structure import search_units
+from autoprune.pruning.apply import apply_plan
+from autoprune.search.controllers import random_plan
+from autoprune.pruning.criteria import Calibration
+from autoprune.latency.devices import load_device
+from autoprune.latency.lut import LUTEstimator, load_table, profile
+from autoprune.latency.lut.profiler import calibration_plans
+from autoprune.tasks.models import ResNet
+from autoprune.core.plan import Plan, UnitChoice
+from autoprune.pruning.space import SearchSpace
+from autoprune.pruning.structure import search_units
 
 from .conftest import REPO
 from .test_lut import make_device
@@ -69,8 +69,8 @@ def test_profile_covers_every_granularity_of_the_space(two_block_resnet, tiny_re
 
 
 def test_sparse_keys_setting_is_the_tables(tiny_resnet_task, tmp_path):
-    from autoprune.errors import ConfigError
-    from autoprune.lut.profiler import open_table
+    from autoprune.core.errors import ConfigError
+    from autoprune.latency.lut.profiler import open_table
 
     make_device(tmp_path)
     device = load_device("onnxruntime-cpu", tmp_path)

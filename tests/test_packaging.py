@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from autoprune.config import load_config
-from autoprune.devices import is_shipped, load_device, writable_profile
-from autoprune.errors import ConfigError
-from autoprune.paths import DEVICE_PROFILES, SEARCH_SPACES, builtin_search_spaces, shipped_dir, user_profiles_dir
+from autoprune.core.config import load_config
+from autoprune.latency.devices import is_shipped, load_device, writable_profile
+from autoprune.core.errors import ConfigError
+from autoprune.core.paths import DEVICE_PROFILES, SEARCH_SPACES, builtin_search_spaces, shipped_dir, user_profiles_dir
 
 REPO = Path(__file__).resolve().parent.parent
 #: What the wheel is built from (the rest of the checkout is not package material).
@@ -63,7 +63,7 @@ def test_the_user_copy_shadows_the_shipped_profile_and_leaves_it_untouched(monke
 
 
 def test_profiling_a_shipped_device_writes_the_users_own_table(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from autoprune.cli import main
+    from autoprune.cli.main import main
 
     monkeypatch.setenv("AUTOPRUNE_PROFILES", str(tmp_path / "profiles"))
     shipped = load_device("onnxruntime-cpu").path
@@ -85,7 +85,7 @@ def test_keys_measured_on_demand_extend_a_user_copy_of_a_shipped_table(monkeypat
 
     import torch
 
-    from autoprune.lut import LUTEstimator
+    from autoprune.latency.lut import LUTEstimator
 
     monkeypatch.setenv("AUTOPRUNE_PROFILES", str(tmp_path / "profiles"))
     shipped = load_device("onnxruntime-cpu")
@@ -213,7 +213,7 @@ def test_the_wheel_installs_and_runs_a_study_from_an_empty_directory(tmp_path: P
     run("export", "study", "--device", "onnxruntime-cpu")
     assert list((work / "study" / "exports").rglob("*.onnx"))
     run("report", "study")
-    installed = Path(subprocess.run([str(python), "-c", "from autoprune.paths import shipped_dir; print(shipped_dir('device_profiles'))"], cwd=work, env=env, capture_output=True, text=True, check=True).stdout.strip())
+    installed = Path(subprocess.run([str(python), "-c", "from autoprune.core.paths import shipped_dir; print(shipped_dir('device_profiles'))"], cwd=work, env=env, capture_output=True, text=True, check=True).stdout.strip())
     assert installed.is_relative_to(tmp_path / "venv")
     assert {p.relative_to(installed): p.read_bytes() for p in installed.rglob("*") if p.is_file()} == {
         p.relative_to(REPO / DEVICE_PROFILES): p.read_bytes() for p in (REPO / DEVICE_PROFILES).rglob("*") if p.is_file()

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from autoprune.pareto import hypervolume_2d, pareto_mask
+from autoprune.core.pareto import hypervolume_2d, pareto_mask
 
 
 def test_front_equals_hand_computed_set():

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from autoprune.config import load_config
-from autoprune.errors import AutopruneError
-from autoprune.placement import model_device, resolve_device, to_device
-from autoprune.training import FinetuneRecipe
+from autoprune.core.config import load_config
+from autoprune.core.errors import AutopruneError
+from autoprune.training.placement import model_device, resolve_device, to_device
+from autoprune.training.finetune import FinetuneRecipe
 from tests.conftest import REPO, write_config
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: torch.cuda.is_available() is False")
@@ -42,9 +42,9 @@ def test_nested_batches_move_whole():
 def test_masks_survive_a_fine_tune_on_the_gpu(tiny_resnet_task):
     import copy
 
-    from autoprune.granularity import sparsity
-    from autoprune.tasks import cross_entropy
-    from autoprune.training import finetune
+    from autoprune.pruning.granularity import sparsity
+    from autoprune.tasks.base import cross_entropy
+    from autoprune.training.finetune import finetune
 
     model = copy.deepcopy(tiny_resnet_task.model)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
@@ -61,8 +61,8 @@ def test_masks_survive_a_fine_tune_on_the_gpu(tiny_resnet_task):
 @pytest.mark.gpu
 @needs_cuda
 def test_study_and_gradual_export_fine_tune_on_the_gpu_with_distillation(tmp_path):
-    from autoprune.executor import run_study
-    from autoprune.export import export_member
+    from autoprune.search.executor import run_study
+    from autoprune.deploy.export import export_member
 
     on_gpu = {"max_steps": 3, "batch_size": 32, "device": "cuda", "distill": {"weight": 0.5}}
     path = write_config(

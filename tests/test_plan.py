@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from autoprune.plan import Plan, UnitChoice
+from autoprune.core.plan import Plan, UnitChoice
 
 
 def test_plan_round_trips_through_json_and_hashes_by_content():

@@ -14,8 +14,8 @@ from tests.conftest import REPO, write_config
 PLUGIN = '''
 import torch_pruning as tp
 
-from autoprune.backends.onnxruntime import OnnxRuntimeCPU
-from autoprune.controllers.baselines import UniformController
+from autoprune.latency.backends.onnxruntime import OnnxRuntimeCPU
+from autoprune.search.controllers.baselines import UniformController
 from autoprune.tasks import load_task
 
 
@@ -38,7 +38,7 @@ def squares():
 '''
 
 GRANULARITIES = '''
-from autoprune.granularity import GRANULARITIES, register_granularity
+from autoprune.pruning.granularity import GRANULARITIES, register_granularity
 
 
 @register_granularity("plugin-channel", structural=True, description="channel pruning under another name")
@@ -47,20 +47,20 @@ def plugin_channel(*args, **kwargs):
 '''
 
 ENTRY_POINTS = """
-[autoprune.controllers]
+[autoprune.search.controllers]
 sweep = autoprune_demo_plugin:Sweep
 broken = autoprune_demo_plugin:DoesNotExist
 
 [autoprune.tasks]
 tiny-digits = autoprune_demo_plugin:tiny_digits
 
-[autoprune.criteria]
+[autoprune.pruning.criteria]
 squares = autoprune_demo_plugin:squares
 
 [autoprune.granularities]
 demo = autoprune_demo_plugin.granularities
 
-[autoprune.backends]
+[autoprune.latency.backends]
 other-onnx = autoprune_demo_plugin:OtherOnnx
 """
 
@@ -90,14 +90,14 @@ def test_a_config_names_plugin_entries(tmp_path: Path) -> None:
     assert [r["controller"] for r in records] == ["sweep", "sweep"] and all(r["state"] == "complete" for r in records)
     assert {c["granularity"] for r in records for c in r["plan"].values()} == {"plugin-channel"}
     assert {c["criterion"] for r in records for c in r["plan"].values()} == {"squares"}
-    check = "from autoprune.backends import BACKENDS; from autoprune.controllers import CONTROLLERS; print(BACKENDS.names(), CONTROLLERS.names())"
+    check = "from autoprune.latency.backends import BACKENDS; from autoprune.search.controllers import CONTROLLERS; print(BACKENDS.names(), CONTROLLERS.names())"
     listed = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=env, check=True).stdout
     assert "'other-onnx'" in listed and "'sweep'" in listed and "'broken'" not in listed
 
 
 def test_without_plugins_an_unknown_name_lists_the_builtin_ones(tmp_path: Path) -> None:
-    from autoprune.controllers import CONTROLLERS
-    from autoprune.errors import UnknownNameError
+    from autoprune.search.controllers import CONTROLLERS
+    from autoprune.core.errors import UnknownNameError
 
     try:
         CONTROLLERS.get("sweep")

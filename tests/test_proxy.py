@@ -9,10 +9,10 @@ from tests.conftest import write_config
 def test_common_batches_make_the_trial_number_irrelevant_and_a_seed_per_trial_does_not(tmp_path: Path):
     """Common random numbers: the same plan scores the same whatever its trial number; with
     ``common_batches: false`` the number seeds the fine-tune, and ``seed=`` overrides both."""
-    from autoprune.config import load_config
-    from autoprune.context import build_context
-    from autoprune.controllers.encoding import uniform_plans
-    from autoprune.trial import run_trial
+    from autoprune.core.config import load_config
+    from autoprune.search.context import build_context
+    from autoprune.search.controllers.encoding import uniform_plans
+    from autoprune.search.trial import run_trial
 
     ctx = build_context(load_config(write_config(tmp_path, finetune={"epochs": 0.3, "batch_size": 32, "lr": 0.05})))
     plan = uniform_plans(ctx.space)[3]
@@ -30,11 +30,11 @@ def test_batchnorm_recalibration_is_reproducible_and_only_moves_statistics(tmp_p
 
     import torch
 
-    from autoprune.config import load_config
-    from autoprune.context import build_context
-    from autoprune.controllers.encoding import uniform_plans
-    from autoprune.training import recalibrate_batchnorm
-    from autoprune.trial import prune
+    from autoprune.core.config import load_config
+    from autoprune.search.context import build_context
+    from autoprune.search.controllers.encoding import uniform_plans
+    from autoprune.training.finetune import recalibrate_batchnorm
+    from autoprune.search.trial import prune
 
     ctx = build_context(load_config(write_config(tmp_path)))
     pruned = prune(ctx, uniform_plans(ctx.space)[5])

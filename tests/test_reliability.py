@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from autoprune.cli import main
-from autoprune.config import load_config
-from autoprune.executor import run_study
-from autoprune.study import LOCK_FILE, Study, StudyLockedError, study_lock
+from autoprune.cli.main import main
+from autoprune.core.config import load_config
+from autoprune.search.executor import run_study
+from autoprune.results.study import LOCK_FILE, Study, StudyLockedError, study_lock
 from tests.conftest import REPO, write_config
 
 
@@ -76,7 +76,7 @@ def test_lock_is_exclusive_in_one_process_and_a_failed_start_leaves_no_directory
 
 def test_ray_driver_takes_the_same_lock(tmp_path):
     pytest.importorskip("ray")
-    from autoprune.ray_executor import run_study_ray
+    from autoprune.search.ray_executor import run_study_ray
 
     config = load_config(write_config(tmp_path))
     with study_lock(config.study_dir):
@@ -136,8 +136,8 @@ def test_a_changed_search_space_names_the_file_not_the_key_twice(tmp_path, capsy
 # -- nothing lost when a writer is killed mid-line ----------------------------------------
 APPENDER = """
 import sys
-from autoprune.study import Study
-from autoprune.trial import TrialResult
+from autoprune.results.study import Study
+from autoprune.search.trial import TrialResult
 study = Study(sys.argv[1])
 i = 0
 while True:
@@ -147,8 +147,8 @@ while True:
 
 
 def test_kill_during_an_append_loses_only_the_line_being_written(tmp_path, caplog):
-    from autoprune.appendlog import torn_tail
-    from autoprune.trial import TrialResult
+    from autoprune.core.appendlog import torn_tail
+    from autoprune.search.trial import TrialResult
 
     study = Study(tmp_path / "study")
     records = study.records_file
@@ -167,7 +167,7 @@ def test_kill_during_an_append_loses_only_the_line_being_written(tmp_path, caplo
     kept = study.records()
     assert kept and [r.number for r in kept] == list(range(len(kept)))
 
-    with caplog.at_level("WARNING", logger="autoprune.appendlog"):
+    with caplog.at_level("WARNING", logger="autoprune.core.appendlog"):
         study.append(TrialResult(len(kept), {}, "after", state="failed", error="fine"))
     assert "last line was cut short" in caplog.text
     after = study.records()
@@ -176,7 +176,7 @@ def test_kill_during_an_append_loses_only_the_line_being_written(tmp_path, caplo
 
 
 def test_a_whole_last_record_without_its_newline_is_kept(tmp_path):
-    from autoprune.trial import TrialResult
+    from autoprune.search.trial import TrialResult
 
     study = Study(tmp_path / "study")
     study.append(TrialResult(0, {}, "a", state="failed", error="e"))
@@ -207,9 +207,9 @@ def edit_first_row(path: Path, column: str, value: str) -> None:
 
 @pytest.mark.parametrize("value", ["nan", "-0.5", "inf", "1e300", "0"])
 def test_table_latency_that_is_not_a_positive_finite_number_is_refused_on_load(tmp_path, value):
-    from autoprune.devices import load_device
-    from autoprune.errors import ConfigError
-    from autoprune.lut import load_table
+    from autoprune.latency.devices import load_device
+    from autoprune.core.errors import ConfigError
+    from autoprune.latency.lut import load_table
 
     root = copied_profiles(tmp_path)
     edit_first_row(root / "onnxruntime-cpu" / "latency_table.csv", "median_ms", value)
@@ -219,9 +219,9 @@ def test_table_latency_that_is_not_a_positive_finite_number_is_refused_on_load(t
 
 @pytest.mark.parametrize("key, value, message", [("overhead_ms", -1.0, "greater than or equal to 0"), ("overhead_ms", float("nan"), "finite number")])
 def test_table_metadata_values_are_checked_on_load(tmp_path, key, value, message):
-    from autoprune.devices import load_device
-    from autoprune.errors import ConfigError
-    from autoprune.lut import load_table
+    from autoprune.latency.devices import load_device
+    from autoprune.core.errors import ConfigError
+    from autoprune.latency.lut import load_table
 
     root = copied_profiles(tmp_path)
     meta = root / "onnxruntime-cpu" / "latency_table.yaml"
@@ -247,9 +247,9 @@ def test_a_search_on_a_broken_table_is_one_line_before_any_work(tmp_path, capsys
 
 
 def test_table_missing_a_key_column_or_not_utf8_is_refused(tmp_path):
-    from autoprune.devices import load_device
-    from autoprune.errors import ConfigError
-    from autoprune.lut import load_table
+    from autoprune.latency.devices import load_device
+    from autoprune.core.errors import ConfigError
+    from autoprune.latency.lut import load_table
 
     root = copied_profiles(tmp_path)
     path = root / "onnxruntime-cpu" / "latency_table.csv"
@@ -265,10 +265,10 @@ def test_table_missing_a_key_column_or_not_utf8_is_refused(tmp_path):
 
 
 def test_table_cut_mid_row_loads_without_it_and_the_next_append_sets_it_aside(tmp_path, caplog):
-    from autoprune.backends import LatencyStats
-    from autoprune.devices import load_device
-    from autoprune.lut import load_table
-    from autoprune.lut.keys import KernelKey
+    from autoprune.latency.backends import LatencyStats
+    from autoprune.latency.devices import load_device
+    from autoprune.latency.lut import load_table
+    from autoprune.latency.lut.keys import KernelKey
 
     root = copied_profiles(tmp_path)
     path = root / "onnxruntime-cpu" / "latency_table.csv"
@@ -288,10 +288,10 @@ def test_table_cut_mid_row_loads_without_it_and_the_next_append_sets_it_aside(tm
 
 
 def test_a_trial_whose_latency_is_not_finite_fails_with_the_reason(tmp_path):
-    from autoprune.context import build_context
-    from autoprune.latency import LatencyEstimator
-    from autoprune.plan import Plan
-    from autoprune.trial import run_trial
+    from autoprune.search.context import build_context
+    from autoprune.latency.measured import LatencyEstimator
+    from autoprune.core.plan import Plan
+    from autoprune.search.trial import run_trial
 
     class Broken(LatencyEstimator):
         method = "broken"
@@ -335,7 +335,7 @@ def test_a_search_in_which_every_trial_failed_exits_non_zero(tmp_path, capsys):
 
 # -- the front: the dense model takes part, collapsed models stay out ----------------------
 def hand_made(tmp_path: Path, **config_keys) -> Study:
-    from autoprune.trial import TrialResult
+    from autoprune.search.trial import TrialResult
 
     config = load_config(write_config(tmp_path, **config_keys))
     study = Study(config.study_dir)
@@ -350,7 +350,7 @@ def hand_made(tmp_path: Path, **config_keys) -> Study:
 
 
 def test_front_members_are_faster_than_the_dense_model(tmp_path):
-    from autoprune.front import front
+    from autoprune.results.front import front
 
     df = front(hand_made(tmp_path))
     assert df.number.tolist() == [4, 3, 2]  # 0 and 1 are not faster than dense
@@ -359,8 +359,8 @@ def test_front_members_are_faster_than_the_dense_model(tmp_path):
 
 @pytest.mark.parametrize("keys, expected", [({"min_accuracy": 0.5}, [3, 2]), ({"max_accuracy_drop": 0.03}, [2]), ({"min_accuracy": 0.5, "max_accuracy_drop": 0.1}, [3, 2])])
 def test_an_accuracy_floor_keeps_collapsed_models_off_the_front_and_the_report(tmp_path, keys, expected):
-    from autoprune.front import front
-    from autoprune.report import write_report
+    from autoprune.results.front import front
+    from autoprune.results.report import write_report
 
     study = hand_made(tmp_path, **keys)
     assert front(study).number.tolist() == expected
@@ -378,7 +378,7 @@ def test_the_accuracy_floor_may_change_between_runs_of_a_study(tmp_path):
 
 # -- trust: opening a study does not run the code it names --------------------------------
 def test_opening_someone_elses_study_does_not_run_its_task_without_trust_task(tmp_path, capsys):
-    from autoprune.trial import TrialResult
+    from autoprune.search.trial import TrialResult
 
     marker = tmp_path / "ran"
     config = load_config(write_config(tmp_path, task="os:system", task_options={"command": f"touch {marker}"}))
@@ -398,7 +398,7 @@ def test_onnxruntime_through_autoprune_writes_no_telemetry_files(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
-    code = "import autoprune.backends, onnxruntime; onnxruntime.SessionOptions()"
+    code = "import autoprune.latency.backends, onnxruntime; onnxruntime.SessionOptions()"
     subprocess.run([sys.executable, "-c", code], env={**env, "HOME": str(home), "PYTHONPATH": str(REPO)}, check=True, timeout=120)
     assert [p for p in home.rglob("*") if p.is_file()] == []
     # the control: onnxruntime alone, without the setting, does write them (so the test can fail)

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from autoprune.errors import AutopruneError
-from autoprune.remote import Bundle, BundleMeasurer, ResultsMeasurer, parse_benchmark_output
+from autoprune.core.errors import AutopruneError
+from autoprune.latency.remote import Bundle, BundleMeasurer, ResultsMeasurer, parse_benchmark_output
 
 DATA = Path(__file__).parent / "data" / "benchmark_model"
 
@@ -54,7 +54,7 @@ def test_headerless_output_and_failed_runs():
 
 @pytest.fixture
 def tflite_files(tmp_path):
-    from autoprune.backends import get_backend
+    from autoprune.latency.backends import get_backend
 
     backend = get_backend("tflite")
     ok, why = backend.available()
@@ -143,9 +143,9 @@ def test_profile_through_the_agent_matches_local_profiling(tmp_path, monkeypatch
 
     import numpy as np
 
-    from autoprune.cli import main
-    from autoprune.devices import load_device
-    from autoprune.lut import load_table
+    from autoprune.cli.main import main
+    from autoprune.latency.devices import load_device
+    from autoprune.latency.lut import load_table
 
     root = tmp_path / "profiles"
     _device(root, "ort-here", "onnxruntime-cpu", local=True)
@@ -172,7 +172,7 @@ def _benchmark_model_stand_in(bundle_dir: Path) -> Path:
     2.1x prints it, since benchmark_model itself cannot run on this machine."""
     import statistics
 
-    from autoprune.backends import get_backend
+    from autoprune.latency.backends import get_backend
 
     backend = get_backend("tflite")
     settings = json.loads((bundle_dir / "manifest.json").read_text())["settings"]
@@ -198,14 +198,14 @@ def _benchmark_model_stand_in(bundle_dir: Path) -> Path:
 
 @pytest.mark.tflite
 def test_bundle_for_benchmark_model_then_import_fills_the_table(tmp_path, monkeypatch):
-    from autoprune.backends import get_backend
-    from autoprune.cli import main
+    from autoprune.latency.backends import get_backend
+    from autoprune.cli.main import main
 
     ok, why = get_backend("tflite").available()
     if not ok:
         pytest.skip(why)
-    from autoprune.devices import load_device
-    from autoprune.lut import has_table, load_table
+    from autoprune.latency.devices import load_device
+    from autoprune.latency.lut import has_table, load_table
 
     root = tmp_path / "profiles"
     _device(root, "phone", "tflite", local=False)

@@ -4,15 +4,15 @@ import json
 import optuna
 import pytest
 
-from autoprune.config import Stopping, load_config
-from autoprune.errors import ConfigError
-from autoprune.context import build_context
-from autoprune.executor import run_study
-from autoprune.objectives import build_objectives
-from autoprune.plan import Plan
-from autoprune.stopping import REPORTS_FILE, DominanceRule, Report, TrialMonitor, dominates, load_reports, rung_steps
-from autoprune.study import Study
-from autoprune.trial import COMPLETE, STOPPED, TrialResult, run_trial
+from autoprune.core.config import Stopping, load_config
+from autoprune.core.errors import ConfigError
+from autoprune.search.context import build_context
+from autoprune.search.executor import run_study
+from autoprune.core.objectives import build_objectives
+from autoprune.core.plan import Plan
+from autoprune.search.stopping import REPORTS_FILE, DominanceRule, Report, TrialMonitor, dominates, load_reports, rung_steps
+from autoprune.results.study import Study
+from autoprune.search.trial import COMPLETE, STOPPED, TrialResult, run_trial
 from tests.conftest import write_config
 
 DEVICE = "latency_ms.onnxruntime-cpu"

@@ -16,10 +16,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autoprune.config import load_config
-from autoprune.executor import run_study
-from autoprune.study import Study
-from autoprune.trial import COMPLETE
+from autoprune.core.config import load_config
+from autoprune.search.executor import run_study
+from autoprune.results.study import Study
+from autoprune.search.trial import COMPLETE
 from tests.conftest import write_config
 
 pytest.importorskip("psycopg", reason="PostgreSQL storage needs psycopg 3 (pip install 'autoprune[postgres]')")

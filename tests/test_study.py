@@ -9,12 +9,12 @@ import time
 import optuna
 import pytest
 
-from autoprune.config import load_config
-from autoprune.errors import ConfigError
-from autoprune.executor import run_study
-from autoprune.front import front
-from autoprune.study import Study
-from autoprune.trial import TrialResult
+from autoprune.core.config import load_config
+from autoprune.core.errors import ConfigError
+from autoprune.search.executor import run_study
+from autoprune.results.front import front
+from autoprune.results.study import Study
+from autoprune.search.trial import TrialResult
 from tests.conftest import write_config
 
 
@@ -87,7 +87,7 @@ def test_killed_search_resumes_with_no_trial_lost_or_run_twice(tmp_path):
 def test_repeated_plan_is_not_evaluated_again_nor_counted(tmp_path, caplog):
     space = tmp_path / "space.yaml"
     space.write_text("rules:\n  - match: '*'\n    pruning_ratio: {low: 0.5, high: 0.5, step: 0.1}\n")
-    with caplog.at_level("WARNING", logger="autoprune.executor"):
+    with caplog.at_level("WARNING", logger="autoprune.search.executor"):
         study = run_study(load_config(write_config(tmp_path, search_space=str(space), budget={"trials": 3})), progress=False)
     records = study.records()
     assert [(r.number, r.cached) for r in records] == [(0, False)]  # the one plan of the space, once

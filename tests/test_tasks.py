@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from autoprune.errors import AutopruneError, ConfigError, UnknownNameError
-from autoprune.tasks import FASHION_MNIST_DIRS, Task, load_task, read_idx
+from autoprune.core.errors import AutopruneError, ConfigError, UnknownNameError
+from autoprune.tasks.base import FASHION_MNIST_DIRS, Task, load_task, read_idx
 
 
 def test_digits_task_trains_a_useful_dense_model_and_caches_it(tiny_resnet_task, tmp_path):

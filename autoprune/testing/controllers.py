@@ -24,16 +24,16 @@ from typing import Any, Callable, Optional
 import pytest
 import torch
 
-from ..config import load_config
-from ..controllers import CONTROLLERS, Controller
-from ..controllers.encoding import violations
-from ..models import MODELS
-from ..objectives import Objective, build_objectives
-from ..plan import Plan
-from ..search_space import Rule, SearchSpace, UnitSpace
-from ..study import Study
-from ..trial import COMPLETE, FAILED, TrialResult
-from ..units import prunable_units
+from autoprune.core.config import load_config
+from autoprune.search.controllers import CONTROLLERS, Controller
+from autoprune.search.controllers.encoding import violations
+from autoprune.tasks.models import MODELS
+from autoprune.core.objectives import Objective, build_objectives
+from autoprune.core.plan import Plan
+from autoprune.pruning.space import Rule, SearchSpace, UnitSpace
+from autoprune.results.study import Study
+from autoprune.search.trial import COMPLETE, FAILED, TrialResult
+from autoprune.pruning.units import prunable_units
 
 TOY_DEVICE = "toy-device"
 
@@ -239,7 +239,7 @@ class ControllerTestSuite:
 
     def test_runs_a_real_study_within_its_budget(self, study_config: Callable[..., Path]) -> None:
         """Through the local executor on a real model: exactly the budget, then a resume to a larger one."""
-        from ..executor import run_study
+        from autoprune.search.executor import run_study
 
         config = load_config(study_config(self.controller, self.options, 3))
         study = run_study(config, progress=False)
@@ -256,7 +256,7 @@ class ControllerTestSuite:
 
 def resolved_space(config_path: Path) -> dict[str, UnitSpace]:
     """The search space of a study config, bound to its task's model."""
-    from ..context import build_context
+    from autoprune.search.context import build_context
 
     return build_context(load_config(config_path)).space
 

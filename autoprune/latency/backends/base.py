@@ -1,0 +1,94 @@
+"""The device-backend interface: export a model to the runtime's format, run it, time it.
+
+A backend is registered by name in :data:`BACKENDS`; a device profile names one.
+Timing is shared here so every backend measures the same way: warm-up, then
+``repeats`` timed calls, reported as median and spread.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from autoprune.core.registry import Registry
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Timing of one model on one backend, in milliseconds."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    repeats: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def time_runner(run: Runner, x: np.ndarray, warmup: int = 10, repeats: int = 50) -> LatencyStats:
+    """Median and 10th/90th percentile wall time of ``run(x)`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        run(x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run(x)
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
+    return LatencyStats(statistics.median(times), q[0], q[-1], len(times))
+
+
+class Backend(ABC):
+    """A runtime that executes exported models on a device."""
+
+    name: str = ""
+    #: File suffix of the exported artefact, e.g. ``.onnx``.
+    suffix: str = ""
+
+    def available(self) -> tuple[bool, str]:
+        """Whether this backend can run here, and if not, why (missing package, no GPU)."""
+        return True, ""
+
+    @abstractmethod
+    def export(self, model: torch.nn.Module, example_input: torch.Tensor, path: Path) -> Path:
+        """Write ``model`` (eval mode, masks folded) in the runtime's format to ``path``."""
+
+    def deploy(self, model: torch.nn.Module, example_input: torch.Tensor, path: Path) -> tuple[Path, dict[str, Any]]:
+        """Write the model users deploy, and say how it was written (recorded in the model card).
+
+        By default the same as :meth:`export`; a backend whose preferred exporter is too slow
+        to run on every search trial uses it here.
+        """
+        return self.export(model, example_input, path), {}
+
+    @abstractmethod
+    def load(self, path: Path, threads: int = 1) -> Runner:
+        """Load an exported file and return a function mapping an input array to the output."""
+
+    def versions(self) -> dict[str, str]:
+        """Versions of the runtime libraries, recorded in profiles and model cards."""
+        return {}
+
+    def measure(
+        self, path: Path, example_input: np.ndarray, threads: int = 1, warmup: int = 10, repeats: int = 50
+    ) -> LatencyStats:
+        """Time an exported file on this backend."""
+        return time_runner(self.load(path, threads), example_input, warmup, repeats)
+
+
+BACKENDS: Registry[type[Backend]] = Registry("device backend", "autoprune.latency.backends")
+
+
+def get_backend(name: str) -> Backend:
+    """Instantiate a registered backend by name."""
+    return BACKENDS.get(name)()

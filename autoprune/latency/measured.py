@@ -1,0 +1,125 @@
+"""Latency objectives per device.
+
+A :class:`LatencyEstimator` maps a pruned model to milliseconds on one device. The
+default measures it for real (export, run, median); a lookup-table predictor plugs in by
+implementing the same method, chosen per device by :func:`estimator_for`.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from autoprune.latency.backends import get_backend
+from autoprune.latency.devices import DeviceProfile
+from autoprune.core.errors import AutopruneError, BackendUnavailableError
+from autoprune.pruning.granularity import fold_masks, refresh_masks
+
+log = logging.getLogger(__name__)
+
+
+def batched(example_input: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The example input repeated to the device's batch size."""
+    return example_input.expand(batch_size, *example_input.shape[1:]).contiguous()
+
+
+def deployable(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
+    """A copy of ``model`` in eval mode with masks folded into the weights, ready to export."""
+    refresh_masks(model, example_input)
+    return fold_masks(copy.deepcopy(model)).eval()
+
+
+class LatencyEstimator(ABC):
+    """Latency of a model on one device, in milliseconds."""
+
+    def __init__(self, device: DeviceProfile) -> None:
+        self.device = device
+
+    @abstractmethod
+    def latency_ms(self, model: nn.Module, example_input: torch.Tensor) -> float:
+        """Predicted or measured latency of ``model`` at the device's batch size."""
+
+    @property
+    def method(self) -> str:
+        return type(self).__name__
+
+
+class MeasuredLatency(LatencyEstimator):
+    """Export to the device's format and time it on the device's backend (median)."""
+
+    method = "measured"
+
+    def __init__(self, device: DeviceProfile) -> None:
+        super().__init__(device)
+        self.backend = get_backend(device.backend)
+        ok, why = self.backend.available()
+        if not ok:
+            raise BackendUnavailableError(f"device {device.name!r}: backend {device.backend!r} cannot run here: {why}")
+
+    def latency_ms(self, model: nn.Module, example_input: torch.Tensor) -> float:
+        x = batched(example_input, self.device.batch_size)
+        with tempfile.TemporaryDirectory(prefix="autoprune-") as tmp:
+            path = self.backend.export(deployable(model, example_input), x, Path(tmp) / f"model{self.backend.suffix}")
+            stats = self.backend.measure(path, x.numpy(), self.device.threads, self.device.warmup, self.device.repeats)
+        return stats.median_ms
+
+
+class BadLatencyError(AutopruneError, ValueError):
+    """An estimator gave a latency that is not a positive finite number."""
+
+
+def checked_latencies(estimators: Mapping[str, LatencyEstimator], model: nn.Module, example_input: torch.Tensor) -> dict[str, float]:
+    """Latency (ms) of ``model`` on every device; one that is not a positive finite number
+    (a broken table or calibration) is an error naming the device, never a value to rank."""
+    out = {}
+    for device, estimator in estimators.items():
+        value = float(estimator.latency_ms(model, example_input))
+        if not (math.isfinite(value) and value > 0):
+            raise BadLatencyError(f"latency on device {device!r} came out as {value!r} ms ({estimator.method}), not a positive finite number; check its latency table")
+        out[device] = value
+    return out
+
+
+def estimator_for(
+    device: DeviceProfile, method: str = "auto", model: nn.Module | None = None, example_input: torch.Tensor | None = None
+) -> LatencyEstimator:
+    """The estimator a study uses for ``device``: ``measured``, ``lut``, or ``auto``.
+
+    ``auto`` uses the device's lookup table only when it holds on this machine (see
+    :func:`autoprune.latency.lut.estimator.table_fitness`: same CPU, runtime version and threads,
+    validated at 80% within ±10% or better, and able to describe ``model`` when given);
+    otherwise a local device is measured (a small model takes milliseconds to time) and one
+    log line names the reason and the command that fixes it. A remote device's table
+    describes that device, not this machine: only whether it can describe ``model`` is
+    checked, and where it cannot the table is kept with the same line as a warning.
+    """
+    if method == "measured":
+        return MeasuredLatency(device)
+    try:
+        from autoprune.latency.lut import LUTEstimator, has_table
+        from autoprune.latency.lut.estimator import table_fitness
+    except ImportError:
+        if method == "lut":
+            raise
+        return MeasuredLatency(device)
+    if method == "lut":
+        return LUTEstimator(device)
+    if not has_table(device):
+        log.info("device %r: no latency table; measuring candidates (`autoprune profile --device %s` builds one)", device.name, device.name)
+        return MeasuredLatency(device)
+    reason = table_fitness(device, model, example_input)
+    if reason is None:
+        return LUTEstimator(device)
+    fix = f"`autoprune profile --device {device.name}` on this machine"
+    if not device.local:
+        log.warning("device %r: %s; using it anyway (the device is remote and cannot be measured here); re-profile it", device.name, reason)
+        return LUTEstimator(device)
+    log.warning("device %r: %s; measuring candidates instead of using the table (%s fixes it)", device.name, reason, fix)
+    return MeasuredLatency(device)

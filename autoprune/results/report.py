@@ -1,0 +1,119 @@
+"""Plots and an overview of a study: one Pareto-front PNG per device and a markdown index,
+with the quality diagnostics of the models exported so far."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from autoprune.results.front import device_front, front, front_limits  # noqa: E402
+from autoprune.results.study import Study  # noqa: E402
+from autoprune.search.trial import COMPLETE  # noqa: E402
+
+
+def plot_front(study: Study, device: str, path: Path) -> Path:
+    """Accuracy vs latency of every complete trial, the front as a step line, the dense model as a star."""
+    records = [r for r in study.records() if r.state == COMPLETE and device in r.latency_ms]
+    members = device_front(records, device, **front_limits(study.config(), study.baseline(), device))
+    baseline = study.baseline() or {}
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    ax.scatter([r.latency_ms[device] for r in records], [r.accuracy for r in records], s=14, alpha=0.45, label="trials")
+    ax.step([m.latency_ms[device] for m in members], [m.accuracy for m in members], where="post", color="C3", lw=1.5)
+    ax.scatter([m.latency_ms[device] for m in members], [m.accuracy for m in members], color="C3", s=28, label="Pareto front")
+    dense = (baseline.get("latency_ms") or {}).get(device)
+    if dense is not None and baseline.get("accuracy") is not None:
+        ax.scatter([dense], [baseline["accuracy"]], marker="*", s=160, color="k", label="dense")
+    ax.set_xlabel(f"latency on {device} (ms)")
+    ax.set_ylabel("accuracy after short fine-tune")
+    ax.set_title(f"{study.config().name}: {len(records)} trials, {len(members)} on the front")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_report(study_dir: str | Path, out_dir: Optional[str | Path] = None) -> list[Path]:
+    """Write ``front_DEVICE.png`` per device and ``report.md`` (the fronts as tables)."""
+    study = Study(study_dir).require()
+    config = study.config()
+    out = Path(out_dir) if out_dir else study.path / "report"
+    records = study.records()
+    baseline = study.baseline() or {}
+    lines = [
+        f"# Study {config.name}",
+        "",
+        f"Task `{config.task}` {config.task_options or ''}, controller `{config.controller}`, "
+        f"{sum(r.state == COMPLETE for r in records)} complete and {sum(r.state != COMPLETE for r in records)} failed trials.",
+        f"Dense model: accuracy {baseline.get('accuracy', float('nan')):.4f}, latency "
+        + ", ".join(f"{d} {v:.4g} ms" for d, v in (baseline.get("latency_ms") or {}).items()),
+        "",
+    ]
+    written = []
+    for device in config.devices:
+        png = plot_front(study, device, out / f"front_{device}.png")
+        written.append(png)
+        table = front(study, device=device).drop(columns=["device"])
+        lines += [f"## {device}", "", f"![front]({png.name})", "", table.to_markdown(index=False, floatfmt=".4g") if len(table) else "(no front)", ""]
+    lines += quality_section(study)
+    md = out / "report.md"
+    md.write_text("\n".join(lines))
+    return [md, *written]
+
+
+QUALITY_COLUMNS = [
+    "device", "trial", "accuracy", "accuracy_dense", "worst_class", "worst_class_drop", "ece", "ece_dense",
+    "accuracy_noise", "accuracy_noise_dense", "accuracy_blur", "accuracy_blur_dense", "flagged",
+]
+
+
+def quality_rows(study: Study) -> list[dict]:
+    """One row per exported model card under the study's exports folder that has diagnostics."""
+    rows = []
+    for path in sorted(study.exports_dir.glob("*/model_card.json")):
+        card = json.loads(path.read_text())
+        quality = card.get("quality")
+        if not quality:
+            continue
+        pruned, dense = quality["pruned"], quality["dense"]
+        rows.append({
+            "device": card["device"], "trial": card["trial"],
+            "accuracy": pruned["accuracy"], "accuracy_dense": dense["accuracy"],
+            "worst_class": quality["worst_class"], "worst_class_drop": quality["worst_class_drop"],
+            "ece": pruned["ece"], "ece_dense": dense["ece"],
+            "accuracy_noise": pruned["accuracy_noise"], "accuracy_noise_dense": dense["accuracy_noise"],
+            "accuracy_blur": pruned["accuracy_blur"], "accuracy_blur_dense": dense["accuracy_blur"],
+            "flagged": "yes" if quality["flagged"] else "",
+        })
+    return rows
+
+
+def quality_section(study: Study) -> list[str]:
+    """Markdown lines: the exported models' quality beside the dense model's (nothing if none exported)."""
+    rows = quality_rows(study)
+    if not rows:
+        return []
+
+    def fmt(value: object) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value))
+
+    bound = study.config().export.max_class_drop
+    lines = [
+        "## Exported models: quality beyond top-1",
+        "",
+        "Per-class accuracy (the worst class's drop against the dense model), expected calibration error "
+        "(15 bins) and accuracy under fixed Gaussian noise and blur; "
+        + (f"flagged when the worst class lost more than {bound:.4g}." if bound is not None else "no `export.max_class_drop` bound set."),
+        "",
+        "| " + " | ".join(QUALITY_COLUMNS) + " |",
+        "|" + "---|" * len(QUALITY_COLUMNS),
+    ]
+    lines += ["| " + " | ".join(fmt(row[c]) for c in QUALITY_COLUMNS) + " |" for row in rows]
+    return lines + [""]

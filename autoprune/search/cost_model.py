@@ -1,0 +1,102 @@
+"""Predicted costs of a plan before it is fine-tuned: what hardware-aware controllers screen with.
+
+A trial costs seconds of fine-tuning; predicting its latency from a device's lookup table
+costs about a tenth of a second (prune, read the kernels off the graph, sum the table),
+and its parameter and MAC counts a hundredth. Controllers that are given a cost model can
+therefore try many candidate plans at ask time and propose the one that fills a latency
+target with the least pruning (as OFA, HAT and APQ do with latency predictors, and as AMC
+does by clipping actions to a resource budget).
+
+Predictions are cached by plan key. Devices whose latency is measured are left out: a
+measurement is as costly as the trial's own and noisy under load. The cost model is a
+tool of the controller only; nothing it computes goes into the study's records.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from autoprune.pruning.granularity import unit_channel_scores
+from autoprune.pruning.metrics import macs, nonzero_params
+from autoprune.core.objectives import Objective
+from autoprune.core.plan import Plan
+from autoprune.search.trial import TrialContext, calibration, prune
+
+#: What a controller is given: plan -> predicted value per cost label (``latency_ms.<device>``,
+#: ``params``, ``macs``); the labels a model cannot predict are absent.
+CostModelFn = Callable[[Plan], Mapping[str, float]]
+
+
+class CostModel:
+    """Predicted ``latency_ms.<device>`` (lookup-table devices only), ``params`` and ``macs`` of a plan.
+
+    ``dense`` holds the same numbers for the unpruned model, so a controller can speak in
+    speedups or cost fractions. ``calls``, ``hits`` and ``seconds`` count the predictions
+    made, answered from the cache, and the time spent.
+    """
+
+    def __init__(self, ctx: TrialContext, devices: Optional[Sequence[str]] = None) -> None:
+        self.ctx = ctx
+        names = list(ctx.estimators) if devices is None else [d for d in devices if d in ctx.estimators]
+        self.devices = [d for d in names if ctx.estimators[d].method != "measured"]
+        self._cache: dict[str, dict[str, float]] = {}
+        self._dense: Optional[dict[str, float]] = None
+        self.calls = self.hits = 0
+        self.seconds = 0.0
+
+    @property
+    def labels(self) -> list[str]:
+        """The cost labels this model predicts."""
+        return [f"latency_ms.{d}" for d in self.devices] + ["params", "macs"]
+
+    @property
+    def dense(self) -> dict[str, float]:
+        """The unpruned model's costs under the same predictors."""
+        if self._dense is None:
+            self._dense = self._predict(self.ctx.task.model)
+        return self._dense
+
+    def __call__(self, plan: Plan) -> dict[str, float]:
+        self.calls += 1
+        known = self._cache.get(plan.key)
+        if known is not None:
+            self.hits += 1
+            return dict(known)
+        start = time.perf_counter()
+        costs = self._predict(prune(self.ctx, plan))
+        self.seconds += time.perf_counter() - start
+        self._cache[plan.key] = costs
+        return dict(costs)
+
+    def channel_importance(self, criteria: Mapping[str, str]) -> dict[str, np.ndarray]:
+        """The dense model's per-channel scores of each unit under its criterion (unit -> criterion):
+        what a controller allocating latency weighs channels by (see :mod:`autoprune.search.controllers.knapsack`)."""
+        ctx = self.ctx
+        scores = unit_channel_scores(ctx.task.model, ctx.units, ctx.task.example_input, criteria, calibration(ctx))
+        return {name: s.numpy() for name, s in scores.items()}
+
+    def _predict(self, model) -> dict[str, float]:
+        x = self.ctx.task.example_input
+        out = {f"latency_ms.{d}": float(self.ctx.estimators[d].latency_ms(model, x)) for d in self.devices}
+        out["params"] = float(nonzero_params(model))
+        out["macs"] = float(macs(model, x))
+        return out
+
+
+def cost_model_for(ctx: TrialContext, objectives: Sequence[Objective]) -> Optional[CostModel]:
+    """The cost model for a study's controller, or None when none of its cost objectives can be predicted.
+
+    Latency objectives need a lookup-table estimator on their device; ``params`` and
+    ``macs`` objectives are always predictable.
+    """
+    devices = [o.device for o in objectives if o.device is not None]
+    model = CostModel(ctx, devices)
+    predictable = set(model.labels)
+    if not any(o.direction == "minimize" and o.label in predictable for o in objectives):
+        return None
+    return model
+
+
+__all__ = ["CostModel", "CostModelFn", "cost_model_for"]

@@ -1,0 +1,200 @@
+"""The local executor: ask the controller, run the trial, record it, tell the controller.
+
+Re-running the same study resumes it: earlier records are kept and told to the
+controller, and only the remaining budget is run. A plan evaluated before is not
+evaluated again: the controller is told its earlier result, and the repeat does not
+count against the budget.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from tqdm.auto import tqdm
+
+from autoprune.core.config import Config, load_config, validate_config
+from autoprune.search.context import build_context, dense_baseline
+from autoprune.search.controllers import CONTROLLERS, Controller
+from autoprune.search.controllers.base import option_names
+from autoprune.core.errors import ConfigError
+from autoprune.search.cost_model import CostModelFn, cost_model_for
+from autoprune.results.front import device_front
+from autoprune.core.objectives import build_objectives
+from autoprune.search.optuna_study import OptunaMirror, storage_url
+from autoprune.pruning.space import UnitSpace
+from autoprune.search.stopping import DominanceRule, TrialMonitor, append_reports, load_reports
+from autoprune.results.study import Study, study_lock
+from autoprune.search.trial import COMPLETE, FAILED, STOPPED, TrialContext, TrialResult, run_trial
+
+log = logging.getLogger(__name__)
+
+#: Proposals of already evaluated plans in a row after which a run ends (the space is likely exhausted).
+MAX_REPEATS = 50
+
+
+def check_controller_options(config: Config) -> None:
+    """Unknown ``controller_options`` keys are a config error, found before any work."""
+    known = option_names(CONTROLLERS.get(config.controller))
+    unknown = sorted(set(config.controller_options) - known)
+    if unknown:
+        raise ConfigError(
+            f"controller_options: unknown option {unknown[0]!r} for controller {config.controller!r}; known: {', '.join(sorted(known)) or 'none'}"
+        )
+
+
+def make_controller(
+    config: Config,
+    space: dict[str, UnitSpace],
+    study: Study,
+    context: Optional[TrialContext] = None,
+    cost_model: Optional[CostModelFn] = None,
+) -> Controller:
+    """The config's controller, bound to the study's storage and objectives.
+
+    With a trial ``context`` the controller also gets a cost model of it (predicted
+    latency per lookup-table device, params, MACs; see :mod:`autoprune.search.cost_model`),
+    unless ``cost_model`` is given.
+    """
+    check_controller_options(config)
+    options = dict(config.controller_options)
+    if config.storage is not None:
+        options.setdefault("storage", config.storage)
+    objectives = build_objectives(config.objectives, config.devices)
+    if cost_model is None and context is not None:
+        cost_model = cost_model_for(context, objectives)
+    try:
+        return CONTROLLERS.get(config.controller)(
+            space,
+            objectives,
+            seed=config.seed,
+            study_dir=study.path,
+            study_name=config.name,
+            cost_model=cost_model,
+            **options,
+        )
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"controller_options: {config.controller!r} refused {config.controller_options}: {err}") from None
+
+
+def budget_left(config: Config, done: int, started: float) -> bool:
+    trials, timeout = config.budget.trials, config.budget.timeout_s
+    return (trials is None or done < trials) and (timeout is None or time.monotonic() - started < timeout)
+
+
+@contextlib.contextmanager
+def open_study(config: Config, context: Optional[TrialContext] = None) -> Iterator[tuple[Study, TrialContext, list[TrialResult], Controller]]:
+    """What every executor starts from, held for one writer while the block runs: the
+    study directory (created, or checked against the config), the trial context, the dense
+    baseline, the records so far, and the controller caught up with them.
+
+    Everything that can be checked is checked before the study's files are written, so a
+    config error leaves nothing that would block the corrected command: controller options
+    and study-wide settings first, then (under the lock, see :func:`~autoprune.results.study.study_lock`)
+    the task, devices and tables, and the search space against the model's units.
+    """
+    check_controller_options(config)
+    study = Study(config.study_dir)
+    with study_lock(study.path):
+        if study.started():
+            study.check(config)
+        ctx = context or build_context(config)
+        study.initialise(config)
+        if study.baseline() is None:
+            study.save_baseline(dense_baseline(ctx))
+        records = study.records()
+        controller = make_controller(config, ctx.space, study, ctx)
+        controller.resume(records)
+        yield study, ctx, records, controller
+
+
+def optuna_mirror(config: Config, controller: Controller, records: list[TrialResult]) -> Optional[OptunaMirror]:
+    """For a controller that does not keep an Optuna study itself, the mirror that writes its
+    records into the study's Optuna study (brought up to date with ``records``)."""
+    if getattr(controller, "uses_optuna_storage", False):
+        return None
+    mirror = OptunaMirror(config.name, controller.objectives, controller.space, storage_url(controller.study_dir, config.storage))
+    mirror.sync(records)
+    return mirror
+
+
+def search(config: Config | str | Path | dict[str, Any], progress: bool = False, backend: str = "local", **ray_options: Any) -> Study:
+    """Run (or resume) a study and return it: the library's entry point (``autoprune search``).
+
+    ``config`` is a :class:`~autoprune.core.config.Config`, the path of a study config (YAML), or
+    its keys as a dict (relative paths then start from the working directory). The study
+    directory keeps every trial, so calling again with the same config resumes. ``backend``
+    ``"ray"`` runs the trials on Ray Tune, with ``ray_options`` the fields of
+    :class:`~autoprune.search.ray_executor.RayOptions` (``address``, ``max_concurrent``, ...).
+    """
+    if isinstance(config, dict):
+        config = validate_config(config)
+    elif not isinstance(config, Config):
+        config = load_config(config)
+    if backend == "ray":
+        from autoprune.search.ray_executor import RayOptions, run_study_ray
+
+        return run_study_ray(config, RayOptions(**ray_options), progress=progress)
+    if backend != "local" or ray_options:
+        raise ConfigError(f"backend: expected 'local' or 'ray' (Ray options need 'ray'), got {backend!r}")
+    return run_study(config, progress=progress)
+
+
+def run_study(
+    config: Config,
+    progress: bool = True,
+    context: Optional[TrialContext] = None,
+    on_trial: Optional[Callable[[TrialResult], None]] = None,
+) -> Study:
+    """Run (or resume) the study ``config`` describes, locally, until the budget is spent."""
+    with open_study(config, context) as (study, ctx, records, controller):
+        mirror = optuna_mirror(config, controller, records)
+        evaluated = {r.plan_key: r for r in records if r.state == COMPLETE}
+        rule = DominanceRule(config.stopping, load_reports(study.path, records)) if config.stopping else None
+        started = time.monotonic()
+        done = len(records)
+        repeats = 0
+        first_device = config.devices[0]
+        with tqdm(total=config.budget.trials, initial=done, desc=config.name, unit="trial", disable=not progress) as bar:
+            while budget_left(config, done, started):
+                proposal = controller.ask()
+                earlier = evaluated.get(proposal.plan.key)
+                if earlier is not None:
+                    controller.tell(proposal, repeat_of(earlier, proposal.trial_id, config.controller))
+                    repeats += 1
+                    if repeats >= MAX_REPEATS:
+                        log.warning(
+                            "%s: the controller proposed only plans evaluated before %d times in a row; stopping with %d of %s trials (the search space may be exhausted)",
+                            config.name, repeats, done, config.budget.trials,
+                        )
+                        break
+                    continue
+                repeats = 0
+                monitor = TrialMonitor(config.stopping.rungs, rule.check, controller.objectives) if rule else None
+                result = run_trial(ctx, proposal.plan, done, monitor)
+                append_reports(study.path, monitor.reports if monitor else [])
+                result.trial_id, result.controller = proposal.trial_id, config.controller
+                study.append(result)
+                controller.tell(proposal, result)
+                if mirror is not None:
+                    mirror.add(result)
+                records.append(result)
+                if result.state == COMPLETE:
+                    evaluated.setdefault(result.plan_key, result)
+                done += 1
+                bar.update(1)
+                bar.set_postfix(front=len(device_front(records, first_device)), failed=sum(r.state == FAILED for r in records), stopped=sum(r.state == STOPPED for r in records))
+                if on_trial is not None:
+                    on_trial(result)
+    return study
+
+
+def repeat_of(earlier: TrialResult, trial_id: int, controller: str) -> TrialResult:
+    """What the controller is told for a plan it proposed again: the earlier result, under
+    its new handle. A repeat is not a trial: it is neither recorded nor counted."""
+    return dataclasses.replace(earlier, trial_id=trial_id, controller=controller, cached=True, timings={"total_s": 0.0})
