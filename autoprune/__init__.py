@@ -15,6 +15,8 @@ import os
 from importlib import import_module
 from typing import Any
 
+from autoprune import _moved
+
 __version__ = "0.1.0"
 
 # ONNX Runtime writes a device id and a telemetry database under ~/.cache when it is first
@@ -25,13 +27,16 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 #: Public name -> submodule. Imported on first use, so ``python -m autoprune.agent`` on a
 #: device without torch does not import it.
 _LAZY = {
-    "search": "executor", "Study": "study", "load_study": "study", "ExportResult": "export",
-    "Config": "config", "load_config": "config",
-    "AutopruneError": "errors", "ConfigError": "errors",
-    "Plan": "plan", "UnitChoice": "plan",
+    "search": "api", "Study": "api", "load_study": "api", "ExportResult": "deploy.export",
+    "Config": "core.config", "load_config": "core.config",
+    "AutopruneError": "core.errors", "ConfigError": "core.errors",
+    "Plan": "core.plan", "UnitChoice": "core.plan",
+    "TrialResult": "core.records",
     "TASKS": "tasks", "Task": "tasks", "load_task": "tasks",
-    "TrialResult": "trial", "run_trial": "trial",
+    "run_trial": "search.trial",
 }
+
+_moved.install()
 
 
 def __getattr__(name: str) -> Any:

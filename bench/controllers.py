@@ -26,8 +26,16 @@ from pathlib import Path
 import torch
 
 from autoprune.core.config import load_config
+from autoprune.search.compare import (
+    EvaluationCache,
+    Reference,
+    compare_controllers,
+    rescore,
+    reseed,
+    verdicts,
+    write_results,
+)
 from autoprune.search.context import build_context
-from autoprune.search.compare import EvaluationCache, Reference, compare_controllers, rescore, reseed, verdicts, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

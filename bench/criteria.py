@@ -37,15 +37,16 @@ from typing import Any, Optional
 
 import torch
 
+from autoprune.core.plan import Plan
+from autoprune.core.recipes import FinetuneRecipe
+from autoprune.latency.devices import load_device
+from autoprune.latency.lut import LUTEstimator
+from autoprune.latency.measured import LatencyEstimator, MeasuredLatency
 from autoprune.pruning.apply import apply_plan
 from autoprune.pruning.criteria import CRITERIA, Calibration
-from autoprune.latency.devices import load_device
-from autoprune.latency.measured import LatencyEstimator, MeasuredLatency
-from autoprune.latency.lut import LUTEstimator
-from autoprune.core.plan import Plan
 from autoprune.pruning.structure import search_units
 from autoprune.tasks.base import load_task
-from autoprune.training.finetune import FinetuneRecipe, finetune
+from autoprune.training.loop import finetune
 
 from .machine import machine_info
 

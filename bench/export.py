@@ -37,9 +37,9 @@ import torch
 from scipy.stats import kendalltau
 
 from autoprune.core.config import load_config
-from autoprune.search.executor import run_study
-from autoprune.deploy.export import ExportRequest, Exporter
+from autoprune.deploy.export import Exporter, ExportRequest
 from autoprune.results.front import device_front
+from autoprune.search.executor import run_study
 
 from .machine import machine_markdown
 

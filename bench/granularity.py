@@ -35,17 +35,18 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from autoprune.pruning.apply import apply_plan
-from autoprune.latency.backends import get_backend
-from autoprune.latency.backends.base import time_runner
-from autoprune.pruning.criteria import Calibration
-from autoprune.training.distill import Distillation, training_loss
-from autoprune.latency.measured import deployable
-from autoprune.pruning.metrics import macs, nonzero_params
 from autoprune.core.plan import Plan, UnitChoice
+from autoprune.core.recipes import Distillation, FinetuneRecipe
+from autoprune.latency.backends import get_backend
+from autoprune.latency.measured import deployable
+from autoprune.latency.timing import time_runner
+from autoprune.pruning.apply import apply_plan
+from autoprune.pruning.criteria import Calibration
+from autoprune.pruning.metrics import macs, nonzero_params
 from autoprune.pruning.structure import search_units
 from autoprune.tasks.base import load_task
-from autoprune.training.finetune import FinetuneRecipe, finetune
+from autoprune.training.distill import training_loss
+from autoprune.training.loop import finetune
 
 from .machine import machine_info
 
@@ -284,12 +285,12 @@ def transformer_table_check(args: argparse.Namespace, info: dict[str, str]) -> N
     import numpy as np
     from scipy.stats import kendalltau
 
-    from autoprune.search.controllers import random_plan
     from autoprune.latency.devices import load_device
-    from autoprune.latency.measured import batched
     from autoprune.latency.lut import LUTEstimator, profile
     from autoprune.latency.lut.measure import measure_models_passes
+    from autoprune.latency.measured import batched
     from autoprune.pruning.space import SearchSpace
+    from autoprune.search.controllers import random_plan
 
     task = load_task("minilm", train_size=32, val_size=32)
     x = task.example_input

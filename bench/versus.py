@@ -238,7 +238,7 @@ class Timer:
 
     def speedup(self, path: Path, device: str) -> tuple[float, float, float]:
         """(speedup, latency_ms, dense latency_ms) of an exported file, interleaved rounds."""
-        from autoprune.deploy.export import measure_interleaved
+        from autoprune.latency.timing import measure_interleaved
 
         profile = self.profiles[device]
         x = self._batched(self.example, profile.batch_size).numpy()
@@ -306,19 +306,19 @@ class Run:
 
     @property
     def final(self):
-        from autoprune.training.finetune import FinetuneRecipe
+        from autoprune.core.recipes import FinetuneRecipe
 
         return FinetuneRecipe(epochs=1, lr=0.01, batch_size=64, schedule="cosine")
 
     def recipe(self, name: str):
         """The fine-tune of recipe ``name``: the common final one, or with distillation."""
-        from autoprune.training.distill import Distillation
+        from autoprune.core.recipes import Distillation
 
         return self.final if name == "final" else self.final.model_copy(update={"distill": Distillation()})
 
     def iterative(self, name: str):
         """Gradual pruning for the best recipe: 3 cubic steps, a third of an epoch (distilled) between."""
-        from autoprune.deploy.gradual import IterativeSchedule
+        from autoprune.core.recipes import IterativeSchedule
 
         if name == "final":
             return None
@@ -343,7 +343,7 @@ def task_for(model: str, setup: Setup, work: Path) -> tuple[Any, dict[str, Any]]
 
 def finetuned_accuracy(run: Run, task, model, recipe_name: str, seed: int) -> float:
     from autoprune.training.distill import training_loss
-    from autoprune.training.finetune import finetune
+    from autoprune.training.loop import finetune
 
     recipe = run.recipe(recipe_name)
     finetune(model, task.train, recipe, training_loss(task, recipe.distill), seed=seed)
@@ -375,7 +375,7 @@ def bench_peers(run: Run, model_name: str, task, timer: Timer, recipes: Sequence
 
                             def between(m, step, schedule=schedule, seed=seed):
                                 from autoprune.training.distill import training_loss
-                                from autoprune.training.finetune import finetune
+                                from autoprune.training.loop import finetune
 
                                 finetune(m, task.train, schedule.finetune, training_loss(task, schedule.finetune.distill), seed=seed + step + 1)
 
@@ -461,8 +461,8 @@ def bench_autoprune(run: Run, model_name: str, controller: str, task, timer: Tim
     import torch
 
     from autoprune.core.config import ExportOptions, load_config
+    from autoprune.deploy.export import Exporter, ExportRequest
     from autoprune.search.executor import run_study
-    from autoprune.deploy.export import ExportRequest, Exporter
 
     from .export import profile_model
 

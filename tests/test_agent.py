@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 import autoprune.agent
-from autoprune.latency.backends import get_backend
 from autoprune.core.errors import AutopruneError
+from autoprune.latency.backends import get_backend
 from autoprune.latency.remote import AgentClient, AgentMeasurer
 
 TOKEN = "s3cret-token"

@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from autoprune.latency.backends import BACKENDS, Backend, get_backend
 from autoprune.core.errors import BackendUnavailableError
+from autoprune.latency.backends import BACKENDS, Backend, get_backend
 
 torch.set_num_threads(1)
 

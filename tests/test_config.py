@@ -5,9 +5,10 @@ import pytest
 import yaml
 
 from autoprune.core.config import load_config
-from autoprune.search.context import build_context
 from autoprune.core.errors import ConfigError
 from autoprune.pruning.space import SearchSpace
+from autoprune.search.context import build_context
+from autoprune.search.executor import check_controller
 from tests.conftest import REPO, write_config
 
 
@@ -38,8 +39,9 @@ def test_nested_bad_value_names_the_nested_key(tmp_path):
 
 def test_unknown_controller_lists_known_ones(tmp_path):
     path = write_config(tmp_path, controller="simulated-annealing")
+    config = load_config(path)
     with pytest.raises(ConfigError, match=r"controller: .*unknown controller 'simulated-annealing'; known: .*nsga2"):
-        load_config(path)
+        check_controller(config)
 
 
 @pytest.mark.parametrize("ratio", [{"low": 0.0, "high": 1.0}, {"low": -0.2, "high": 0.5}])

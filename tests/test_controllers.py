@@ -6,12 +6,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoprune.search.controllers import CONTROLLERS
-from autoprune.search.controllers.encoding import uniform_plans, violations
-from autoprune.search.controllers.selection import crowding_distances, nondominated_ranks
 from autoprune.core.errors import ConfigError
 from autoprune.core.plan import Plan
-from autoprune.testing.controllers import TOY_DEVICE, ControllerTestSuite, run_toy, toy_objectives, toy_space
+from autoprune.pruning.sampling import uniform_plans, violations
+from autoprune.search.controllers import CONTROLLERS
+from autoprune.search.controllers.selection import (
+    crowding_distances,
+    nondominated_ranks,
+)
+from autoprune.testing.controllers import (
+    TOY_DEVICE,
+    ControllerTestSuite,
+    run_toy,
+    toy_objectives,
+    toy_space,
+)
 from tests.conftest import REPO, write_config
 
 
@@ -206,8 +215,8 @@ def test_knapsack_keeps_the_important_channels_the_uniform_plan_drops():
 
 
 def test_knapsack_resumes_past_the_ladder_plans_already_evaluated(tmp_path: Path):
-    from autoprune.testing.controllers import ToyCostModel
     from autoprune.results.study import Study
+    from autoprune.testing.controllers import ToyCostModel
 
     space = toy_space()
     make = lambda: CONTROLLERS.get("knapsack")(space, toy_objectives(), seed=2, cost_model=ToyCostModel(space), ladder=[1.5, 2.0, 2.5], population_size=6)  # noqa: E731

@@ -9,16 +9,23 @@ import numpy as np
 import pytest
 
 from autoprune.core.config import load_config
-from autoprune.search.context import build_context
-from autoprune.search.controllers import CONTROLLERS
-from autoprune.search.controllers.encoding import uniform_plans, violations
-from autoprune.search.cost_model import CostModel, cost_model_for
-from autoprune.search.executor import make_controller
 from autoprune.core.objectives import build_objectives
 from autoprune.core.plan import Plan
+from autoprune.core.records import TrialResult
+from autoprune.pruning.sampling import uniform_plans, violations
 from autoprune.results.study import Study
-from autoprune.testing.controllers import TOY_DEVICE, ToyCostModel, run_toy, toy_objectives, toy_space
-from autoprune.search.trial import TrialResult, run_trial
+from autoprune.search.context import build_context
+from autoprune.search.controllers import CONTROLLERS
+from autoprune.search.cost_model import CostModel, cost_model_for
+from autoprune.search.executor import make_controller
+from autoprune.search.trial import run_trial
+from autoprune.testing.controllers import (
+    TOY_DEVICE,
+    ToyCostModel,
+    run_toy,
+    toy_objectives,
+    toy_space,
+)
 from tests.conftest import REPO, write_config
 
 
@@ -80,7 +87,7 @@ def test_evolution_with_a_real_cost_model_aims_at_the_target(lut_context):
     parameters): with the cost model more children meet the target speedup than without.
     The target is the speedup one random plan in five reaches under the current table (on
     this tiny model many pruned plans are slower than dense on ONNX Runtime)."""
-    from autoprune.search.controllers.base import random_plan
+    from autoprune.pruning.space import random_plan
 
     config, ctx = lut_context
     objectives = build_objectives(config.objectives, config.devices)
@@ -151,9 +158,9 @@ def test_rl_with_a_cost_model_meets_each_episode_budget():
     (on a channel-only space, where every budget down to the cheapest plan is reachable)."""
     import torch
 
-    from autoprune.tasks.models import MODELS
     from autoprune.pruning.space import Rule, SearchSpace
     from autoprune.pruning.units import prunable_units
+    from autoprune.tasks.models import MODELS
 
     net = MODELS.get("mobilenetv2-tiny")(in_channels=1, num_classes=10)
     units = prunable_units(net, torch.zeros(1, 1, 8, 8), ("stem", "classifier"))

@@ -5,15 +5,15 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from autoprune.core.errors import AutopruneError, UnknownNameError
+from autoprune.core.plan import Plan, UnitChoice
 from autoprune.pruning.apply import apply_plan
 from autoprune.pruning.criteria import CRITERIA, Calibration
-from autoprune.core.errors import AutopruneError, UnknownNameError
 from autoprune.pruning.granularity import PruneContext, channel_scores, kept_channels
-from autoprune.tasks.models import MODELS
-from autoprune.core.plan import Plan, UnitChoice
 from autoprune.pruning.space import SearchSpace
 from autoprune.pruning.structure import search_units
 from autoprune.tasks.base import cross_entropy
+from autoprune.tasks.models import MODELS
 
 X = torch.randn(1, 1, 8, 8)
 NEW = ["fisher", "snip", "grasp", "activation", "apoz"]

@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from autoprune.core.config import load_config
+from autoprune.core.errors import ConfigError
 from autoprune.deploy.diagnostics import (
     blur,
     classifier_quality,
@@ -18,7 +19,6 @@ from autoprune.deploy.diagnostics import (
     per_class_accuracy,
     worst_class_drop,
 )
-from autoprune.core.errors import ConfigError
 from tests.conftest import write_config
 
 
@@ -100,9 +100,9 @@ def test_max_class_drop_is_validated_with_its_key(tmp_path, bad):
 
 
 def test_model_card_and_report_carry_the_diagnostics(tmp_path):
-    from autoprune.search.executor import run_study
     from autoprune.deploy.export import export_member
     from autoprune.results.report import write_report
+    from autoprune.search.executor import run_study
 
     config = write_config(tmp_path, budget={"trials": 2}, export={"finetune": {"epochs": 0.2}, "max_class_drop": 0.001})
     study = run_study(load_config(config), progress=False)

@@ -13,14 +13,15 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from autoprune.pruning.apply import apply_plan
-from autoprune.latency.backends import get_backend
 from autoprune.core.errors import AutopruneError
-from autoprune.deploy.export import parity, select_member
-from autoprune.latency.measured import deployable
 from autoprune.core.plan import Plan, UnitChoice
-from autoprune.search.trial import COMPLETE, FAILED, TrialResult
+from autoprune.core.records import COMPLETE, FAILED, TrialResult
+from autoprune.deploy.export import parity
+from autoprune.latency.backends import get_backend
+from autoprune.latency.measured import deployable
+from autoprune.pruning.apply import apply_plan
 from autoprune.pruning.units import prunable_units
+from autoprune.results.front import select_member
 from tests.conftest import write_config
 
 

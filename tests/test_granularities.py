@@ -8,22 +8,29 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from autoprune.pruning.apply import apply_plan
+from autoprune.core.errors import AutopruneError, ConfigError, UnknownNameError
+from autoprune.core.plan import Plan, UnitChoice
+from autoprune.core.recipes import Distillation, FinetuneRecipe
+from autoprune.deploy.gradual import cubic_fractions, iterative_prune, scale_plan
 from autoprune.latency.backends import get_backend
+from autoprune.latency.measured import deployable
+from autoprune.pruning.apply import apply_plan
 from autoprune.pruning.criteria import CRITERIA, Calibration
 from autoprune.pruning.depth import SkippedBlock
-from autoprune.training.distill import Distillation, distillation_loss, kd_term
-from autoprune.core.errors import AutopruneError, ConfigError, UnknownNameError
-from autoprune.pruning.granularity import GRANULARITIES, PruneContext, channel_scores, kept_channels, refresh_masks
-from autoprune.latency.measured import deployable
-from autoprune.tasks.models import MODELS
-from autoprune.core.plan import Plan, UnitChoice
-from autoprune.deploy.gradual import cubic_fractions, iterative_prune, scale_plan
+from autoprune.pruning.granularity import (
+    GRANULARITIES,
+    PruneContext,
+    channel_scores,
+    kept_channels,
+    refresh_masks,
+)
 from autoprune.pruning.space import SearchSpace
 from autoprune.pruning.sparse import gemm_view
 from autoprune.pruning.structure import search_units
 from autoprune.tasks.base import cross_entropy
-from autoprune.training.finetune import FinetuneRecipe, finetune
+from autoprune.tasks.models import MODELS
+from autoprune.training.distill import distillation_loss, kd_term
+from autoprune.training.loop import finetune
 
 X = torch.randn(1, 1, 8, 8)
 SPARSE = ["unstructured", "n:4", "n:8", "block1x4", "block4x4"]
@@ -285,8 +292,8 @@ def test_distillation_loss_blends_task_and_teacher():
 
 def test_study_config_turns_on_distillation_and_the_iterative_export(tmp_path):
     from autoprune.core.config import load_config
-    from autoprune.search.context import build_context
     from autoprune.deploy.gradual import prune_for_export
+    from autoprune.search.context import build_context
     from autoprune.search.trial import prune, run_trial
     from tests.conftest import write_config
 

@@ -11,19 +11,28 @@ import pytest
 import torch
 import yaml
 
-from autoprune.pruning.apply import apply_plan
-from autoprune.search.controllers import random_plan
-from autoprune.latency.devices import load_device
 from autoprune.core.errors import ConfigError, MissingLatencyKeyError
-from autoprune.latency.measured import MeasuredLatency, estimator_for
-from autoprune.latency.lut import LUTEstimator, LatencyTableWarning, extract_kernels, has_table, load_table, profile
-from autoprune.latency.lut.enumeration import enumerate_keys
-from autoprune.latency.lut.keys import KernelKey
-from autoprune.latency.lut.profiler import calibration_plans, measure_keys
-from autoprune.latency.lut.table import CalibrationPoint, LatencyTable
 from autoprune.core.plan import Plan, UnitChoice
+from autoprune.latency.devices import load_device
+from autoprune.latency.lut import (
+    LatencyTableWarning,
+    LUTEstimator,
+    extract_kernels,
+    has_table,
+    load_table,
+    profile,
+)
+from autoprune.latency.lut.enumeration import enumerate_keys
+from autoprune.latency.lut.kernel_key import KernelKey
+from autoprune.latency.lut.kernel_timing import measure_keys
+from autoprune.latency.lut.plans import calibration_plans
+from autoprune.latency.lut.table import CalibrationPoint, LatencyTable
+from autoprune.latency.measured import MeasuredLatency
+from autoprune.latency.policy import estimator_for
+from autoprune.pruning.apply import apply_plan
 from autoprune.pruning.space import SearchSpace
 from autoprune.pruning.units import prunable_units
+from autoprune.search.controllers import random_plan
 
 from .conftest import REPO
 
@@ -239,7 +248,7 @@ def test_cli_profile_then_validate(tmp_path, monkeypatch):
 
 
 def test_onnxruntime_network_sum_folds_adds_and_charges_reorders_between_layouts():
-    from autoprune.latency.lut.keys import Kernel
+    from autoprune.latency.lut.kernel_key import Kernel
     from autoprune.latency.lut.ort_layout import network_sum
 
     def row(ms, lin="nchw", lout="nchw", ri=0.0, ro=0.0):

@@ -12,12 +12,18 @@ from torch import nn
 
 from autoprune.latency.backends import LatencyStats
 from autoprune.latency.devices import cpu_model, load_device
-from autoprune.latency.measured import MeasuredLatency, estimator_for
 from autoprune.latency.lut import LUTEstimator, extract_kernels
 from autoprune.latency.lut.keys import architecture
 from autoprune.latency.lut.measure import ratio_interval
-from autoprune.latency.lut.table import CalibrationPoint, LatencyTable, fit_calibration, installed_versions
+from autoprune.latency.lut.table import (
+    CalibrationPoint,
+    LatencyTable,
+    fit_calibration,
+    installed_versions,
+)
 from autoprune.latency.lut.validate import band_metrics
+from autoprune.latency.measured import MeasuredLatency
+from autoprune.latency.policy import estimator_for
 
 from .test_lut import make_device
 

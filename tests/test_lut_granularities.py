@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from autoprune.pruning.apply import apply_plan
-from autoprune.search.controllers import random_plan
-from autoprune.pruning.criteria import Calibration
+from autoprune.core.plan import Plan, UnitChoice
 from autoprune.latency.devices import load_device
 from autoprune.latency.lut import LUTEstimator, load_table, profile
-from autoprune.latency.lut.profiler import calibration_plans
-from autoprune.tasks.models import ResNet
-from autoprune.core.plan import Plan, UnitChoice
+from autoprune.latency.lut.plans import calibration_plans
+from autoprune.pruning.apply import apply_plan
+from autoprune.pruning.criteria import Calibration
 from autoprune.pruning.space import SearchSpace
 from autoprune.pruning.structure import search_units
+from autoprune.search.controllers import random_plan
+from autoprune.tasks.models import ResNet
 
 from .conftest import REPO
 from .test_lut import make_device

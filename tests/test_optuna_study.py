@@ -14,8 +14,8 @@ import optuna
 import pytest
 
 from autoprune.core.config import load_config
-from autoprune.search.executor import run_study
 from autoprune.results.study import Study
+from autoprune.search.executor import run_study
 from tests.conftest import write_config
 
 LABELS = ["accuracy", "latency_ms.onnxruntime-cpu"]

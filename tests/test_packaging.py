@@ -14,9 +14,15 @@ import pytest
 import yaml
 
 from autoprune.core.config import load_config
-from autoprune.latency.devices import is_shipped, load_device, writable_profile
 from autoprune.core.errors import ConfigError
-from autoprune.core.paths import DEVICE_PROFILES, SEARCH_SPACES, builtin_search_spaces, shipped_dir, user_profiles_dir
+from autoprune.core.paths import (
+    DEVICE_PROFILES,
+    SEARCH_SPACES,
+    builtin_search_spaces,
+    shipped_dir,
+    user_profiles_dir,
+)
+from autoprune.latency.devices import is_shipped, load_device, writable_profile
 
 REPO = Path(__file__).resolve().parent.parent
 #: What the wheel is built from (the rest of the checkout is not package material).

@@ -1,15 +1,14 @@
 """Where fine-tuning runs: the recipe's ``device``, batches moved to it, GPU trials and exports."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 from torch import nn
 
 from autoprune.core.config import load_config
 from autoprune.core.errors import AutopruneError
+from autoprune.core.recipes import FinetuneRecipe
 from autoprune.training.placement import model_device, resolve_device, to_device
-from autoprune.training.finetune import FinetuneRecipe
 from tests.conftest import REPO, write_config
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: torch.cuda.is_available() is False")
@@ -44,7 +43,7 @@ def test_masks_survive_a_fine_tune_on_the_gpu(tiny_resnet_task):
 
     from autoprune.pruning.granularity import sparsity
     from autoprune.tasks.base import cross_entropy
-    from autoprune.training.finetune import finetune
+    from autoprune.training.loop import finetune
 
     model = copy.deepcopy(tiny_resnet_task.model)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
@@ -61,8 +60,8 @@ def test_masks_survive_a_fine_tune_on_the_gpu(tiny_resnet_task):
 @pytest.mark.gpu
 @needs_cuda
 def test_study_and_gradual_export_fine_tune_on_the_gpu_with_distillation(tmp_path):
-    from autoprune.search.executor import run_study
     from autoprune.deploy.export import export_member
+    from autoprune.search.executor import run_study
 
     on_gpu = {"max_steps": 3, "batch_size": 32, "device": "cuda", "distill": {"weight": 0.5}}
     path = write_config(

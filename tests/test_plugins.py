@@ -47,20 +47,20 @@ def plugin_channel(*args, **kwargs):
 '''
 
 ENTRY_POINTS = """
-[autoprune.search.controllers]
+[autoprune.controllers]
 sweep = autoprune_demo_plugin:Sweep
 broken = autoprune_demo_plugin:DoesNotExist
 
 [autoprune.tasks]
 tiny-digits = autoprune_demo_plugin:tiny_digits
 
-[autoprune.pruning.criteria]
+[autoprune.criteria]
 squares = autoprune_demo_plugin:squares
 
 [autoprune.granularities]
 demo = autoprune_demo_plugin.granularities
 
-[autoprune.latency.backends]
+[autoprune.backends]
 other-onnx = autoprune_demo_plugin:OtherOnnx
 """
 
@@ -96,8 +96,8 @@ def test_a_config_names_plugin_entries(tmp_path: Path) -> None:
 
 
 def test_without_plugins_an_unknown_name_lists_the_builtin_ones(tmp_path: Path) -> None:
-    from autoprune.search.controllers import CONTROLLERS
     from autoprune.core.errors import UnknownNameError
+    from autoprune.search.controllers import CONTROLLERS
 
     try:
         CONTROLLERS.get("sweep")

@@ -10,8 +10,8 @@ def test_common_batches_make_the_trial_number_irrelevant_and_a_seed_per_trial_do
     """Common random numbers: the same plan scores the same whatever its trial number; with
     ``common_batches: false`` the number seeds the fine-tune, and ``seed=`` overrides both."""
     from autoprune.core.config import load_config
+    from autoprune.pruning.sampling import uniform_plans
     from autoprune.search.context import build_context
-    from autoprune.search.controllers.encoding import uniform_plans
     from autoprune.search.trial import run_trial
 
     ctx = build_context(load_config(write_config(tmp_path, finetune={"epochs": 0.3, "batch_size": 32, "lr": 0.05})))
@@ -31,10 +31,10 @@ def test_batchnorm_recalibration_is_reproducible_and_only_moves_statistics(tmp_p
     import torch
 
     from autoprune.core.config import load_config
+    from autoprune.pruning.sampling import uniform_plans
     from autoprune.search.context import build_context
-    from autoprune.search.controllers.encoding import uniform_plans
-    from autoprune.training.finetune import recalibrate_batchnorm
     from autoprune.search.trial import prune
+    from autoprune.training.loop import recalibrate_batchnorm
 
     ctx = build_context(load_config(write_config(tmp_path)))
     pruned = prune(ctx, uniform_plans(ctx.space)[5])

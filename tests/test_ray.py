@@ -18,10 +18,10 @@ import optuna
 import pytest
 
 from autoprune.core.config import load_config
+from autoprune.core.records import COMPLETE, STOPPED
+from autoprune.results.study import Study
 from autoprune.search.context import build_context
 from autoprune.search.controllers.optuna_samplers import params_to_plan
-from autoprune.results.study import Study
-from autoprune.search.trial import COMPLETE, STOPPED
 from tests.conftest import write_config
 
 pytest.importorskip("ray")

@@ -16,8 +16,8 @@ import yaml
 
 from autoprune.cli.main import main
 from autoprune.core.config import load_config
-from autoprune.search.executor import run_study
 from autoprune.results.study import LOCK_FILE, Study, StudyLockedError, study_lock
+from autoprune.search.executor import run_study
 from tests.conftest import REPO, write_config
 
 
@@ -137,7 +137,7 @@ def test_a_changed_search_space_names_the_file_not_the_key_twice(tmp_path, capsy
 APPENDER = """
 import sys
 from autoprune.results.study import Study
-from autoprune.search.trial import TrialResult
+from autoprune.core.records import TrialResult
 study = Study(sys.argv[1])
 i = 0
 while True:
@@ -148,7 +148,7 @@ while True:
 
 def test_kill_during_an_append_loses_only_the_line_being_written(tmp_path, caplog):
     from autoprune.core.appendlog import torn_tail
-    from autoprune.search.trial import TrialResult
+    from autoprune.core.records import TrialResult
 
     study = Study(tmp_path / "study")
     records = study.records_file
@@ -176,7 +176,7 @@ def test_kill_during_an_append_loses_only_the_line_being_written(tmp_path, caplo
 
 
 def test_a_whole_last_record_without_its_newline_is_kept(tmp_path):
-    from autoprune.search.trial import TrialResult
+    from autoprune.core.records import TrialResult
 
     study = Study(tmp_path / "study")
     study.append(TrialResult(0, {}, "a", state="failed", error="e"))
@@ -207,8 +207,8 @@ def edit_first_row(path: Path, column: str, value: str) -> None:
 
 @pytest.mark.parametrize("value", ["nan", "-0.5", "inf", "1e300", "0"])
 def test_table_latency_that_is_not_a_positive_finite_number_is_refused_on_load(tmp_path, value):
-    from autoprune.latency.devices import load_device
     from autoprune.core.errors import ConfigError
+    from autoprune.latency.devices import load_device
     from autoprune.latency.lut import load_table
 
     root = copied_profiles(tmp_path)
@@ -219,8 +219,8 @@ def test_table_latency_that_is_not_a_positive_finite_number_is_refused_on_load(t
 
 @pytest.mark.parametrize("key, value, message", [("overhead_ms", -1.0, "greater than or equal to 0"), ("overhead_ms", float("nan"), "finite number")])
 def test_table_metadata_values_are_checked_on_load(tmp_path, key, value, message):
-    from autoprune.latency.devices import load_device
     from autoprune.core.errors import ConfigError
+    from autoprune.latency.devices import load_device
     from autoprune.latency.lut import load_table
 
     root = copied_profiles(tmp_path)
@@ -247,8 +247,8 @@ def test_a_search_on_a_broken_table_is_one_line_before_any_work(tmp_path, capsys
 
 
 def test_table_missing_a_key_column_or_not_utf8_is_refused(tmp_path):
-    from autoprune.latency.devices import load_device
     from autoprune.core.errors import ConfigError
+    from autoprune.latency.devices import load_device
     from autoprune.latency.lut import load_table
 
     root = copied_profiles(tmp_path)
@@ -268,7 +268,7 @@ def test_table_cut_mid_row_loads_without_it_and_the_next_append_sets_it_aside(tm
     from autoprune.latency.backends import LatencyStats
     from autoprune.latency.devices import load_device
     from autoprune.latency.lut import load_table
-    from autoprune.latency.lut.keys import KernelKey
+    from autoprune.latency.lut.kernel_key import KernelKey
 
     root = copied_profiles(tmp_path)
     path = root / "onnxruntime-cpu" / "latency_table.csv"
@@ -288,9 +288,9 @@ def test_table_cut_mid_row_loads_without_it_and_the_next_append_sets_it_aside(tm
 
 
 def test_a_trial_whose_latency_is_not_finite_fails_with_the_reason(tmp_path):
-    from autoprune.search.context import build_context
-    from autoprune.latency.measured import LatencyEstimator
     from autoprune.core.plan import Plan
+    from autoprune.latency.measured import LatencyEstimator
+    from autoprune.search.context import build_context
     from autoprune.search.trial import run_trial
 
     class Broken(LatencyEstimator):
@@ -335,7 +335,7 @@ def test_a_search_in_which_every_trial_failed_exits_non_zero(tmp_path, capsys):
 
 # -- the front: the dense model takes part, collapsed models stay out ----------------------
 def hand_made(tmp_path: Path, **config_keys) -> Study:
-    from autoprune.search.trial import TrialResult
+    from autoprune.core.records import TrialResult
 
     config = load_config(write_config(tmp_path, **config_keys))
     study = Study(config.study_dir)
@@ -378,7 +378,7 @@ def test_the_accuracy_floor_may_change_between_runs_of_a_study(tmp_path):
 
 # -- trust: opening a study does not run the code it names --------------------------------
 def test_opening_someone_elses_study_does_not_run_its_task_without_trust_task(tmp_path, capsys):
-    from autoprune.search.trial import TrialResult
+    from autoprune.core.records import TrialResult
 
     marker = tmp_path / "ran"
     config = load_config(write_config(tmp_path, task="os:system", task_options={"command": f"touch {marker}"}))

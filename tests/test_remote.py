@@ -13,7 +13,12 @@ import torch
 from torch import nn
 
 from autoprune.core.errors import AutopruneError
-from autoprune.latency.remote import Bundle, BundleMeasurer, ResultsMeasurer, parse_benchmark_output
+from autoprune.latency.remote import (
+    Bundle,
+    BundleMeasurer,
+    ResultsMeasurer,
+    parse_benchmark_output,
+)
 
 DATA = Path(__file__).parent / "data" / "benchmark_model"
 
@@ -198,8 +203,8 @@ def _benchmark_model_stand_in(bundle_dir: Path) -> Path:
 
 @pytest.mark.tflite
 def test_bundle_for_benchmark_model_then_import_fills_the_table(tmp_path, monkeypatch):
-    from autoprune.latency.backends import get_backend
     from autoprune.cli.main import main
+    from autoprune.latency.backends import get_backend
 
     ok, why = get_backend("tflite").available()
     if not ok:

@@ -6,13 +6,22 @@ import pytest
 
 from autoprune.core.config import Stopping, load_config
 from autoprune.core.errors import ConfigError
-from autoprune.search.context import build_context
-from autoprune.search.executor import run_study
 from autoprune.core.objectives import build_objectives
 from autoprune.core.plan import Plan
-from autoprune.search.stopping import REPORTS_FILE, DominanceRule, Report, TrialMonitor, dominates, load_reports, rung_steps
+from autoprune.core.records import COMPLETE, STOPPED, TrialResult
 from autoprune.results.study import Study
-from autoprune.search.trial import COMPLETE, STOPPED, TrialResult, run_trial
+from autoprune.search.context import build_context
+from autoprune.search.executor import run_study
+from autoprune.search.stopping import (
+    REPORTS_FILE,
+    DominanceRule,
+    Report,
+    TrialMonitor,
+    dominates,
+    load_reports,
+    rung_steps,
+)
+from autoprune.search.trial import run_trial
 from tests.conftest import write_config
 
 DEVICE = "latency_ms.onnxruntime-cpu"

@@ -17,9 +17,9 @@ import optuna
 import pytest
 
 from autoprune.core.config import load_config
-from autoprune.search.executor import run_study
+from autoprune.core.records import COMPLETE
 from autoprune.results.study import Study
-from autoprune.search.trial import COMPLETE
+from autoprune.search.executor import run_study
 from tests.conftest import write_config
 
 pytest.importorskip("psycopg", reason="PostgreSQL storage needs psycopg 3 (pip install 'autoprune[postgres]')")

@@ -11,11 +11,12 @@ import pytest
 
 from autoprune.core.config import load_config
 from autoprune.core.errors import ConfigError
-from autoprune.search.executor import run_study
+from autoprune.core.records import TrialResult
 from autoprune.results.front import front
 from autoprune.results.study import Study
-from autoprune.search.trial import TrialResult
+from autoprune.search.executor import run_study
 from tests.conftest import write_config
+from autoprune.deploy.verify import with_measured_latency
 
 
 def test_study_records_every_trial_and_resumes_without_recomputing(tmp_path):
@@ -35,7 +36,7 @@ def test_study_records_every_trial_and_resumes_without_recomputing(tmp_path):
     optuna_study = optuna.load_study(study_name="tiny", storage=study.optuna_storage)
     assert len([t for t in optuna_study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 4
 
-    measured = front(study, measure=True)
+    measured = with_measured_latency(front(study), study)
     assert len(measured) == len(front(study)) > 0
     assert (measured.latency_ms_measured > 0).all() and (measured.speedup_measured > 0).all()
     # the study's latency was measured too: a second measurement agrees within noise, not exactly

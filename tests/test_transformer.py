@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from autoprune.pruning.apply import apply_plan
+from autoprune.core.plan import Plan, UnitChoice
 from autoprune.latency.backends import get_backend
+from autoprune.pruning.apply import apply_plan
 from autoprune.pruning.depth import SkippedBlock
 from autoprune.pruning.heads import PrunedMultiheadAttention
-from autoprune.core.plan import Plan, UnitChoice
 from autoprune.pruning.structure import search_units
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install 'autoprune[text]')")
@@ -130,8 +130,9 @@ def minilm_task():
 
 
 def test_minilm_task_scores_pruned_encoders_by_embedding_cosine(minilm_task):
+    from autoprune.core.recipes import FinetuneRecipe
     from autoprune.training.distill import training_loss
-    from autoprune.training.finetune import FinetuneRecipe, finetune
+    from autoprune.training.loop import finetune
 
     task = minilm_task
     assert task.metric(task.model, task.val) == pytest.approx(1.0, abs=1e-5)
@@ -150,13 +151,13 @@ def test_minilm_task_scores_pruned_encoders_by_embedding_cosine(minilm_task):
 
 def test_transformer_kernel_keys_cover_the_space_and_the_table_predicts_pruned_models(tiny_bert, tmp_path):
     from autoprune.latency.devices import load_device
-    from autoprune.latency.measured import estimator_for
     from autoprune.latency.lut import LUTEstimator, extract_kernels, load_table, profile
     from autoprune.latency.lut.enumeration import enumerate_keys
-    from autoprune.latency.lut.keys import weight_mb
+    from autoprune.latency.lut.kernel_key import weight_mb
     from autoprune.latency.lut.table import kernel_sum
-    from autoprune.pruning.space import SearchSpace
     from autoprune.latency.lut.transformer import kernel_module
+    from autoprune.latency.policy import estimator_for
+    from autoprune.pruning.space import SearchSpace
 
     from .test_lut import make_device
 

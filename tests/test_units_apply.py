@@ -2,14 +2,15 @@
 import pytest
 import torch
 
-from autoprune.pruning.apply import apply_plan
 from autoprune.core.errors import AutopruneError
+from autoprune.core.plan import Plan, UnitChoice
+from autoprune.core.recipes import FinetuneRecipe
+from autoprune.pruning.apply import apply_plan
 from autoprune.pruning.granularity import kept_channels, sparsity
 from autoprune.pruning.metrics import macs, nonzero_params
-from autoprune.tasks.models import MODELS
-from autoprune.core.plan import Plan, UnitChoice
-from autoprune.training.finetune import FinetuneRecipe, finetune
 from autoprune.pruning.units import prunable_units
+from autoprune.tasks.models import MODELS
+from autoprune.training.loop import finetune
 
 X = torch.randn(1, 1, 8, 8)
 

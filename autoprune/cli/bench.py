@@ -35,8 +35,14 @@ def run_controllers(args: argparse.Namespace) -> int:
     import torch
 
     from autoprune.core.config import load_config
-    from autoprune.search.compare import DEFAULT_CONTROLLERS, Reference, compare_controllers, verdicts, write_results
     from autoprune.core.errors import ConfigError
+    from autoprune.search.compare import (
+        DEFAULT_CONTROLLERS,
+        Reference,
+        compare_controllers,
+        verdicts,
+        write_results,
+    )
 
     torch.set_num_threads(args.torch_threads)
     config = load_config(args.config)

@@ -61,7 +61,7 @@ def _number(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoprune.deploy.export import ExportRequest, Exporter, export_all
+    from autoprune.deploy.export import Exporter, ExportRequest, export_all
     from autoprune.results.study import Study
 
     recipe = None

@@ -17,9 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoprune.results.front import front
+    from autoprune.api import load_study
 
-    df = front(args.study, device=args.device, max_latency_ms=args.max_latency_ms, min_accuracy=args.min_accuracy, measure=args.measure, trust_task=args.trust_task)
+    study = load_study(args.study)
+    df = study.front(device=args.device, max_latency_ms=args.max_latency_ms, min_accuracy=args.min_accuracy, measure=args.measure, trust_task=args.trust_task)
     if args.format == "csv":
         print(df.to_csv(index=False), end="")
     elif args.format == "json":

@@ -36,9 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> int:
+    from autoprune.core.paths import user_profiles_dir
     from autoprune.latency.devices import is_shipped, load_device
     from autoprune.latency.lut.profiler import bind_task
-    from autoprune.core.paths import user_profiles_dir
     from autoprune.latency.lut.validate import validate
 
     task, options, space, devices = resolve_target(args)

@@ -74,6 +74,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"autoprune {args.command}: interrupted; completed trials are saved, run the same command to resume", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -27,9 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from autoprune.core.config import load_config
     from autoprune.core.errors import AutopruneError
-    from autoprune.search.executor import run_study
+    from autoprune.core.records import COMPLETE, FAILED
     from autoprune.results.front import front
-    from autoprune.search.trial import COMPLETE, FAILED
+    from autoprune.search.executor import run_study
 
     overrides: dict = {}
     if args.study_dir:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from autoprune.core.config import OBJECTIVES
-from autoprune.search.trial import TrialResult
+from autoprune.core.records import TrialResult
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,10 @@
 granularities, criteria, device backends).
 
 Built-in entries register with a decorator. Other packages add theirs through entry points
-in the registry's group (``autoprune.search.controllers``, ``autoprune.tasks``, ...), declared in
+in the registry's group (``autoprune.controllers``, ``autoprune.tasks``, ...), declared in
 their ``pyproject.toml``::
 
-    [project.entry-points."autoprune.search.controllers"]
+    [project.entry-points."autoprune.controllers"]
     my-search = "my_package.search:MySearch"      # the object, registered under the entry point's name
     [project.entry-points."autoprune.granularities"]
     my-package = "my_package.granularities"       # or a module that registers its own entries on import

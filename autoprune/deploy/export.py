@@ -18,86 +18,35 @@ devices that choose the same front member share its fine-tune.
 from __future__ import annotations
 
 import json
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 import torch
 
-from autoprune.latency.backends import LatencyStats, get_backend
-from autoprune.search.context import study_context
-from autoprune.latency.devices import DeviceProfile, load_device
-from autoprune.deploy.diagnostics import classifier_quality, compare
 from autoprune.core.errors import AutopruneError
-from autoprune.results.front import device_front, front_limits
-from autoprune.pruning.granularity import sparsity
-from autoprune.latency.measured import batched, deployable
-from autoprune.pruning.metrics import macs, nonzero_params
-from autoprune.training.placement import resolve_device
 from autoprune.core.plan import Plan
+from autoprune.core.recipes import FinetuneRecipe
+from autoprune.core.records import TrialResult
+from autoprune.deploy.diagnostics import classifier_quality, compare
+from autoprune.latency.backends import get_backend
+from autoprune.latency.devices import DeviceProfile, load_device
+from autoprune.latency.measured import batched, deployable
+from autoprune.latency.timing import FileMeasurer, measure_interleaved
+from autoprune.pruning.granularity import sparsity
+from autoprune.pruning.metrics import macs, nonzero_params
+from autoprune.results.front import front_limits, select_member
 from autoprune.results.study import Study
-from autoprune.search.trial import TrialContext, TrialResult
-from autoprune.training.finetune import FinetuneRecipe, finetune
+from autoprune.search.context import study_context
+from autoprune.search.trial import TrialContext
+from autoprune.training.loop import finetune
+from autoprune.training.placement import resolve_device
 
-#: ``measure(path, example_input, threads, warmup, repeats)``: a device backend's
-#: ``measure`` or a remote one (:class:`autoprune.latency.remote.AgentMeasurer`).
-Measurer = Callable[[Path, np.ndarray, int, int, int], LatencyStats]
-#: Latency timed in this many alternating rounds (member, dense, member, ...); the
-#: median of the rounds' medians is reported, so drift on a busy machine hits both.
-MEASURE_ROUNDS = 3
 INDEX_FILE = "index.json"
-
-
-def select_member(
-    records: Sequence[TrialResult],
-    device: str,
-    max_latency_ms: Optional[float] = None,
-    min_accuracy: Optional[float] = None,
-    min_speedup: Optional[float] = None,
-    dense_latency_ms: Optional[float] = None,
-    accuracy_floor: Optional[float] = None,
-) -> TrialResult:
-    """The front member to deploy on ``device``.
-
-    With a latency budget (``max_latency_ms``, or ``min_speedup`` over the dense model's
-    ``dense_latency_ms``): the most accurate member within it. With an accuracy floor:
-    the fastest member meeting it. With none: the most accurate member.
-    """
-    if sum(v is not None for v in (max_latency_ms, min_accuracy, min_speedup)) > 1:
-        raise AutopruneError("give at most one of max_latency_ms, min_accuracy, min_speedup")
-    members = device_front(records, device, dense_latency_ms, accuracy_floor)
-    if not members:
-        raise AutopruneError(
-            f"the study has no complete trial with a latency for device {device!r}"
-            + (f" faster than the dense model ({dense_latency_ms:.4g} ms)" if dense_latency_ms is not None else "")
-            + (f" and at least {accuracy_floor:.4g} accurate (the study's accuracy floor)" if accuracy_floor is not None else "")
-        )
-    if min_speedup is not None:
-        if not dense_latency_ms:
-            raise AutopruneError(f"--min-speedup needs the dense model's latency on {device!r}; the study has no baseline for it")
-        fit = [m for m in members if dense_latency_ms / m.latency_ms[device] >= min_speedup]
-        if not fit:
-            best = dense_latency_ms / min(m.latency_ms[device] for m in members)
-            raise AutopruneError(f"no front member on {device!r} meets --min-speedup {min_speedup} (fastest: {best:.3g}x)")
-        return max(fit, key=lambda m: m.accuracy)
-    if max_latency_ms is not None:
-        fit = [m for m in members if m.latency_ms[device] <= max_latency_ms]
-        if not fit:
-            fastest = min(m.latency_ms[device] for m in members)
-            raise AutopruneError(f"no front member on {device!r} meets --max-latency-ms {max_latency_ms} (fastest: {fastest:.4g} ms)")
-        return max(fit, key=lambda m: m.accuracy)
-    if min_accuracy is not None:
-        fit = [m for m in members if m.accuracy >= min_accuracy]
-        if not fit:
-            best = max(m.accuracy for m in members)
-            raise AutopruneError(f"no front member on {device!r} meets --min-accuracy {min_accuracy} (best: {best:.4g})")
-        return min(fit, key=lambda m: m.latency_ms[device])
-    return max(members, key=lambda m: m.accuracy)
 
 
 def parity(runner: Any, model: torch.nn.Module, data: torch.utils.data.Dataset, batch_size: int, limit: int = 256) -> dict[str, float]:
@@ -114,20 +63,6 @@ def parity(runner: Any, model: torch.nn.Module, data: torch.utils.data.Dataset, 
             agree += int((out.argmax(-1) == ref.argmax(-1)).sum())
     checked = (n // batch_size) * batch_size
     return {"max_abs_diff": max_diff, "top1_agreement": agree / max(checked, 1), "samples": checked}
-
-
-def measure_interleaved(measure: Measurer, paths: Sequence[Path], x: np.ndarray, profile: DeviceProfile, rounds: int = MEASURE_ROUNDS) -> list[LatencyStats]:
-    """Time several files in alternating rounds; per file, the round whose median is the
-    median of the rounds (so its spread belongs to that median)."""
-    per_file: list[list[LatencyStats]] = [[] for _ in paths]
-    for _ in range(rounds):
-        for i, path in enumerate(paths):
-            per_file[i].append(measure(path, x, profile.threads, profile.warmup, profile.repeats))
-    chosen = []
-    for stats in per_file:
-        mid = statistics.median_low([s.median_ms for s in stats])
-        chosen.append(next(s for s in stats if s.median_ms == mid))
-    return chosen
 
 
 @dataclass(frozen=True)
@@ -169,7 +104,7 @@ class ExportRequest:
     min_speedup: Optional[float] = None
     quantize: Optional[str] = None
     calibration_samples: int = 256
-    measurer: Optional[Measurer] = None
+    measurer: Optional[FileMeasurer] = None
     measured_on: str = ""
 
     @property
@@ -225,8 +160,8 @@ class Exporter:
         """``member`` rebuilt from the dense model (one shot, or gradually with ``export.iterative``)
         and fine-tuned with the export recipe, distilling when it says so (cached per plan)."""
         if member.plan_key not in self._tuned:
-            from autoprune.training.distill import training_loss
             from autoprune.deploy.gradual import prune_for_export
+            from autoprune.training.distill import training_loss
 
             task = self.ctx.task
             started = time.perf_counter()
@@ -330,7 +265,7 @@ class Exporter:
         (out / "model_card.json").write_text(json.dumps(card, indent=2))
         return card
 
-    def _measurer(self, request: ExportRequest, profile: DeviceProfile) -> tuple[Optional[Measurer], str]:
+    def _measurer(self, request: ExportRequest, profile: DeviceProfile) -> tuple[Optional[FileMeasurer], str]:
         if request.measurer is not None:
             return request.measurer, request.measured_on or "remote"
         if not profile.local:
@@ -342,7 +277,7 @@ class Exporter:
         return backend.measure, f"this machine, {profile.backend}"
 
     def _quantize(
-        self, request: ExportRequest, profile: DeviceProfile, float_path: Path, final: torch.nn.Module, out: Path, measure: Optional[Measurer]
+        self, request: ExportRequest, profile: DeviceProfile, float_path: Path, final: torch.nn.Module, out: Path, measure: Optional[FileMeasurer]
     ) -> dict[str, Any]:
         from autoprune.deploy import quantize as q
 

@@ -12,31 +12,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from autoprune.core.plan import Plan, UnitChoice
+from autoprune.core.recipes import IterativeSchedule
 from autoprune.pruning.apply import apply_plan
 from autoprune.pruning.criteria import Calibration
 from autoprune.pruning.granularity import fold_masks, refresh_masks
-from autoprune.training.placement import resolve_device
-from autoprune.core.plan import Plan, UnitChoice
-from autoprune.training.finetune import FinetuneRecipe, finetune
 from autoprune.pruning.units import Unit
+from autoprune.training.loop import finetune
+from autoprune.training.placement import resolve_device
 
 if TYPE_CHECKING:
     from autoprune.search.trial import TrialContext
-
-
-class IterativeSchedule(BaseModel):
-    """``autoprune export``'s gradual pruning: ``steps`` pruning steps, each followed by ``finetune``.
-
-    The export's own fine-tune (``export.finetune``) runs after the last step.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    steps: int = Field(3, ge=1, description="pruning steps (1 = one-shot)")
-    finetune: FinetuneRecipe = Field(FinetuneRecipe(epochs=1.0), description="fine-tune after each step but the last")
 
 
 def cubic_fractions(steps: int) -> list[float]:
@@ -78,8 +66,8 @@ def iterative_prune(
 
 def gradual_prune(ctx: "TrialContext", plan: Plan, schedule: IterativeSchedule, seed: int = 0) -> nn.Module:
     """The dense model of ``ctx`` pruned to ``plan`` by ``schedule``, with the study's distillation setting per step."""
-    from autoprune.training.distill import training_loss
     from autoprune.search.trial import calibration
+    from autoprune.training.distill import training_loss
 
     device = resolve_device(schedule.finetune.device)
     loss = training_loss(ctx.task, schedule.finetune.distill, device)

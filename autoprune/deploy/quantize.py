@@ -28,8 +28,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from autoprune.latency.backends import Runner, get_backend
 from autoprune.core.errors import AutopruneError
+from autoprune.latency.backends import Runner, get_backend
 
 QUANT_MODES = ("dynamic", "static")
 #: Backend name -> how each mode is done there (recorded in model cards).
@@ -87,7 +87,14 @@ def quantize_file(backend: str, float_path: Path, out_path: Path, mode: str, cal
 
 def _quantize_onnx(float_path: Path, out_path: Path, mode: str, calibration: Sequence[np.ndarray]) -> Path:
     import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     input_name = ort.InferenceSession(str(float_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name

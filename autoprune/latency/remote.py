@@ -26,8 +26,8 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from autoprune.latency.backends import LatencyStats
 from autoprune.core.errors import AutopruneError
+from autoprune.latency.backends import LatencyStats
 
 TOKEN_ENV = "AUTOPRUNE_AGENT_TOKEN"
 #: Formats by file suffix, as the agent names them.

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from autoprune.core.errors import AutopruneError
+from autoprune.core.plan import Plan
 from autoprune.pruning.criteria import Calibration
 from autoprune.pruning.granularity import GRANULARITIES, PruneContext
-from autoprune.core.plan import Plan
 from autoprune.pruning.units import Unit
 
 

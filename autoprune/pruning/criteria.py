@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from autoprune.core.errors import AutopruneError
 from autoprune.core.registry import Registry
 
-CRITERIA: Registry[Callable[[], tp.importance.Importance]] = Registry("criterion", "autoprune.pruning.criteria")
+CRITERIA: Registry[Callable[[], tp.importance.Importance]] = Registry("criterion", "autoprune.criteria")
 
 #: Criteria that read ``.grad``: a plan using them needs calibration data.
 GRADIENT_CRITERIA = frozenset({"taylor", "fisher", "snip", "grasp"})

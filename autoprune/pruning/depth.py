@@ -19,9 +19,14 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from autoprune.pruning.criteria import weight_scores
 from autoprune.core.errors import AutopruneError
-from autoprune.pruning.granularity import ORDER_BLOCKS, PruneContext, kept_channels, register_granularity
+from autoprune.pruning.criteria import weight_scores
+from autoprune.pruning.granularity import (
+    ORDER_BLOCKS,
+    PruneContext,
+    kept_channels,
+    register_granularity,
+)
 from autoprune.pruning.units import PRUNABLE_TYPES, Unit
 
 

@@ -27,6 +27,8 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune
 
+from autoprune.core.errors import AutopruneError, UnknownNameError
+from autoprune.core.registry import Registry
 from autoprune.pruning.criteria import (
     ACTIVATION_CRITERIA,
     CRITERIA,
@@ -38,8 +40,6 @@ from autoprune.pruning.criteria import (
     record_input_activations,
     weight_scores,
 )
-from autoprune.core.errors import AutopruneError, UnknownNameError
-from autoprune.core.registry import Registry
 from autoprune.pruning.units import Unit, build_graph
 
 CHANNEL_KINDS = ("conv", "linear")
@@ -356,6 +356,3 @@ def sparsity(model: nn.Module) -> float:
             zeros += (m.weight == 0).sum().item()
             total += m.weight.numel()
     return zeros / max(total, 1)
-
-
-from autoprune.pruning import depth, heads, sparse  # noqa: E402,F401  (register their granularities)

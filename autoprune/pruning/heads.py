@@ -21,9 +21,14 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
-from autoprune.pruning.criteria import weight_scores
 from autoprune.core.errors import AutopruneError
-from autoprune.pruning.granularity import ORDER_HEADS, PruneContext, kept_channels, register_granularity
+from autoprune.pruning.criteria import weight_scores
+from autoprune.pruning.granularity import (
+    ORDER_HEADS,
+    PruneContext,
+    kept_channels,
+    register_granularity,
+)
 from autoprune.pruning.units import Unit
 
 

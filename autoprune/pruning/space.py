@@ -9,13 +9,22 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Mapping, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
 from autoprune.core.errors import ConfigError
-from autoprune.pruning.units import Unit
+from autoprune.core.plan import Plan, UnitChoice
 from autoprune.core.yamlio import load_model
+from autoprune.pruning.units import Unit
 
 
 class RatioRange(BaseModel):
@@ -124,3 +133,21 @@ class SearchSpace(BaseModel):
             for unit in hits:
                 bound.setdefault(unit.name, UnitSpace(unit, rule))
         return {u.name: bound[u.name] for u in units if u.name in bound}
+
+
+def random_choice(unit_space: UnitSpace, rng: np.random.Generator) -> UnitChoice:
+    """A uniformly random choice for one unit within its rule."""
+    rule = unit_space.rule
+    granularity = rule.granularities[rng.integers(len(rule.granularities))]
+    criterion = rule.criteria[rng.integers(len(rule.criteria))]
+    if rule.pruning_ratio.step is None:
+        ratio = float(rng.uniform(rule.pruning_ratio.low, rule.pruning_ratio.high))
+    else:
+        grid = rule.pruning_ratio.grid()
+        ratio = grid[rng.integers(len(grid))]
+    return UnitChoice(granularity, ratio, criterion)
+
+
+def random_plan(space: Mapping[str, UnitSpace], rng: np.random.Generator) -> Plan:
+    """A plan drawn uniformly from the space, unit by unit."""
+    return Plan.from_dict({name: random_choice(us, rng) for name, us in space.items()})

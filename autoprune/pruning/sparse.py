@@ -20,9 +20,15 @@ import re
 import torch
 from torch import nn
 
-from autoprune.pruning.criteria import weight_scores
 from autoprune.core.errors import ConfigError
-from autoprune.pruning.granularity import GRANULARITIES, Granularity, PruneContext, make_granularity, mask_layer
+from autoprune.pruning.criteria import weight_scores
+from autoprune.pruning.granularity import (
+    GRANULARITIES,
+    Granularity,
+    PruneContext,
+    make_granularity,
+    mask_layer,
+)
 from autoprune.pruning.units import Unit
 
 MAX_GROUP = 64

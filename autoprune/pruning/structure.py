@@ -15,7 +15,12 @@ from torch import nn
 
 from autoprune.pruning.depth import depth_units
 from autoprune.pruning.heads import head_units
-from autoprune.pruning.units import Unit, _protected, prunable_units, stem_and_classifier
+from autoprune.pruning.units import (
+    Unit,
+    _protected,
+    prunable_units,
+    stem_and_classifier,
+)
 
 
 def with_structure_units(model: nn.Module, example_input: torch.Tensor, units: list[Unit], protect: Sequence[str] = ()) -> list[Unit]:

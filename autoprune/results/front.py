@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 
 from autoprune.core.config import Config
-from autoprune.core.errors import UnknownNameError
+from autoprune.core.errors import AutopruneError, UnknownNameError
 from autoprune.core.pareto import pareto_mask
+from autoprune.core.records import COMPLETE, TrialResult
 from autoprune.results.study import Study
-from autoprune.search.trial import COMPLETE, TrialResult
 
 COLUMNS = ["device", "number", "accuracy", "latency_ms", "speedup", "params", "macs", "mean_ratio", "plan_key"]
 
@@ -63,19 +63,13 @@ def front(
     device: Optional[str] = None,
     max_latency_ms: Optional[float] = None,
     min_accuracy: Optional[float] = None,
-    measure: bool = False,
-    trust_task: bool = False,
 ) -> pd.DataFrame:
     """The Pareto front of a study, one row per member and device.
 
     ``device`` restricts to one device (default: every device of the study); the
     constraints then filter the members. Members are faster than the dense model and
     meet the study's accuracy floor (see :func:`front_limits`). ``speedup`` is relative to the dense model.
-    With ``measure`` (which builds the study's task: see ``trust_task`` in
-    :func:`with_measured_latency`), every member left and the dense model are pruned again (no
-    fine-tune: latency does not depend on the weights) and timed on the device's backend,
-    in interleaved rounds, into ``latency_ms_measured`` and ``speedup_measured``; a device
-    that is not this machine gets NaN there (time it with ``autoprune export --remote``).
+    :func:`autoprune.deploy.verify.with_measured_latency` adds the latency measured on the devices.
     """
     study = study if isinstance(study, Study) else Study(study)
     config = study.require().config()
@@ -107,43 +101,51 @@ def front(
         df = df[df.latency_ms <= max_latency_ms]
     if min_accuracy is not None:
         df = df[df.accuracy >= min_accuracy]
-    df = df.reset_index(drop=True)
-    if measure:
-        df = with_measured_latency(df, study, trust_task)
-    return df
+    return df.reset_index(drop=True)
 
 
-def with_measured_latency(df: pd.DataFrame, study: Study, trust_task: bool = False) -> pd.DataFrame:
-    """``df`` (rows of :func:`front`) with each member's latency measured on its device, beside the dense model's.
-    A ``module:function`` task is imported only with ``trust_task`` (see :func:`~autoprune.search.context.study_context`)."""
-    import tempfile
+def select_member(
+    records: Sequence[TrialResult],
+    device: str,
+    max_latency_ms: Optional[float] = None,
+    min_accuracy: Optional[float] = None,
+    min_speedup: Optional[float] = None,
+    dense_latency_ms: Optional[float] = None,
+    accuracy_floor: Optional[float] = None,
+) -> TrialResult:
+    """The front member to deploy on ``device``.
 
-    from autoprune.latency.backends import get_backend
-    from autoprune.search.context import study_context
-    from autoprune.latency.devices import load_device
-    from autoprune.deploy.export import measure_interleaved
-    from autoprune.latency.measured import batched, deployable
-    from autoprune.core.plan import Plan
-    from autoprune.search.trial import prune
-
-    df = df.assign(latency_ms_measured=float("nan"), speedup_measured=float("nan"))
-    if df.empty:
-        return df
-    ctx = study_context(study.config(), study.config_file, trust_task)
-    plans = {r.plan_key: Plan.from_dict(r.plan) for r in study.records()}
-    for name, rows in df.groupby("device"):
-        profile = load_device(name)
-        backend = get_backend(profile.backend)
-        if not profile.local or not backend.available()[0]:
-            continue
-        x = batched(ctx.task.example_input, profile.batch_size)
-        models = [ctx.task.model] + [prune(ctx, plans[key]) for key in rows.plan_key]
-        with tempfile.TemporaryDirectory(prefix="autoprune-front-") as tmp:
-            paths = [
-                backend.export(deployable(m, ctx.task.example_input), x, Path(tmp) / f"m{i}{backend.suffix}") for i, m in enumerate(models)
-            ]
-            stats = measure_interleaved(backend.measure, paths, x.numpy(), profile)
-        dense_ms = stats[0].median_ms
-        df.loc[rows.index, "latency_ms_measured"] = [s.median_ms for s in stats[1:]]
-        df.loc[rows.index, "speedup_measured"] = [dense_ms / s.median_ms for s in stats[1:]]
-    return df
+    With a latency budget (``max_latency_ms``, or ``min_speedup`` over the dense model's
+    ``dense_latency_ms``): the most accurate member within it. With an accuracy floor:
+    the fastest member meeting it. With none: the most accurate member.
+    """
+    if sum(v is not None for v in (max_latency_ms, min_accuracy, min_speedup)) > 1:
+        raise AutopruneError("give at most one of max_latency_ms, min_accuracy, min_speedup")
+    members = device_front(records, device, dense_latency_ms, accuracy_floor)
+    if not members:
+        raise AutopruneError(
+            f"the study has no complete trial with a latency for device {device!r}"
+            + (f" faster than the dense model ({dense_latency_ms:.4g} ms)" if dense_latency_ms is not None else "")
+            + (f" and at least {accuracy_floor:.4g} accurate (the study's accuracy floor)" if accuracy_floor is not None else "")
+        )
+    if min_speedup is not None:
+        if not dense_latency_ms:
+            raise AutopruneError(f"--min-speedup needs the dense model's latency on {device!r}; the study has no baseline for it")
+        fit = [m for m in members if dense_latency_ms / m.latency_ms[device] >= min_speedup]
+        if not fit:
+            best = dense_latency_ms / min(m.latency_ms[device] for m in members)
+            raise AutopruneError(f"no front member on {device!r} meets --min-speedup {min_speedup} (fastest: {best:.3g}x)")
+        return max(fit, key=lambda m: m.accuracy)
+    if max_latency_ms is not None:
+        fit = [m for m in members if m.latency_ms[device] <= max_latency_ms]
+        if not fit:
+            fastest = min(m.latency_ms[device] for m in members)
+            raise AutopruneError(f"no front member on {device!r} meets --max-latency-ms {max_latency_ms} (fastest: {fastest:.4g} ms)")
+        return max(fit, key=lambda m: m.accuracy)
+    if min_accuracy is not None:
+        fit = [m for m in members if m.accuracy >= min_accuracy]
+        if not fit:
+            best = max(m.accuracy for m in members)
+            raise AutopruneError(f"no front member on {device!r} meets --min-accuracy {min_accuracy} (best: {best:.4g})")
+        return min(fit, key=lambda m: m.latency_ms[device])
+    return max(members, key=lambda m: m.accuracy)

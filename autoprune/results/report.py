@@ -11,9 +11,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from autoprune.core.records import COMPLETE  # noqa: E402
 from autoprune.results.front import device_front, front, front_limits  # noqa: E402
 from autoprune.results.study import Study  # noqa: E402
-from autoprune.search.trial import COMPLETE  # noqa: E402
 
 
 def plot_front(study: Study, device: str, path: Path) -> Path:

@@ -19,14 +19,12 @@ import yaml
 from autoprune.core.appendlog import append_lines
 from autoprune.core.config import Config
 from autoprune.core.errors import AutopruneError, ConfigError
-from autoprune.search.trial import TrialResult
+from autoprune.core.records import TrialResult
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import optuna
-
-    from autoprune.deploy.export import ExportResult
 
 #: Config keys that may change between runs of one study (the rest must match).
 MUTABLE_KEYS = {"budget", "export", "controller", "controller_options", "study_dir", "search_space", "min_accuracy", "max_accuracy_drop"}
@@ -149,42 +147,6 @@ class Study:
         rows = [r.flat() for r in self.records()]
         return pd.DataFrame(rows)
 
-    def front(
-        self, device: Optional[str] = None, max_latency_ms: Optional[float] = None, min_accuracy: Optional[float] = None, measure: bool = False
-    ) -> pd.DataFrame:
-        """The Pareto front, one row per member and device (see :func:`autoprune.results.front.front`)."""
-        from autoprune.results.front import front
-
-        return front(self, device=device, max_latency_ms=max_latency_ms, min_accuracy=min_accuracy, measure=measure)
-
-    def export(
-        self,
-        device: str,
-        max_latency_ms: Optional[float] = None,
-        min_accuracy: Optional[float] = None,
-        min_speedup: Optional[float] = None,
-        epochs: Optional[float] = None,
-        quantize: Optional[str] = None,
-        out_dir: Optional[str | Path] = None,
-    ) -> "ExportResult":
-        """Rebuild, fine-tune, export and verify the front member chosen for ``device``: the most
-        accurate one within ``max_latency_ms`` or ``min_speedup``, else the fastest one reaching
-        ``min_accuracy``, else the most accurate (see :mod:`autoprune.deploy.export`)."""
-        from autoprune.deploy.export import ExportRequest, Exporter, ExportResult
-
-        recipe = self.require().config().export.finetune
-        if epochs is not None:
-            recipe = recipe.model_copy(update={"epochs": epochs})
-        out = Path(out_dir) if out_dir else self.exports_dir / device
-        card = Exporter(self, recipe).export(ExportRequest(device, max_latency_ms, min_accuracy, min_speedup, quantize), out)
-        return ExportResult.from_card(card, out)
-
-    def report(self, out_dir: Optional[str | Path] = None) -> list[Path]:
-        """Write a Pareto-front plot per device and ``report.md``; returns the files written."""
-        from autoprune.results.report import write_report
-
-        return [Path(p) for p in write_report(self.path, out_dir)]
-
     def optuna_study(self) -> "optuna.Study":
         """The study's Optuna study (every trial, whatever the controller; see :mod:`autoprune.search.optuna_study`)."""
         import optuna
@@ -211,11 +173,6 @@ def _record(line: str) -> Optional[TrialResult]:
         return TrialResult.from_dict(data) if isinstance(data, dict) else None
     except (json.JSONDecodeError, TypeError):
         return None
-
-
-def load_study(path: str | Path) -> Study:
-    """The study in directory ``path`` (written by :func:`autoprune.search` or ``autoprune search``)."""
-    return Study(path).require()
 
 
 def open_optuna_storage(url: str) -> "optuna.storages.RDBStorage":

@@ -24,15 +24,16 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from autoprune.core.config import Config
-from autoprune.search.cost_model import CostModelFn, cost_model_for
-from autoprune.latency.devices import cpu_model
 from autoprune.core.errors import ConfigError
 from autoprune.core.objectives import build_objectives
 from autoprune.core.pareto import hypervolume_2d, pareto_mask
 from autoprune.core.plan import Plan
+from autoprune.core.records import COMPLETE, TrialResult
+from autoprune.latency.devices import cpu_model
 from autoprune.results.study import Study
-from autoprune.search.trial import COMPLETE, TrialContext, TrialResult, run_trial
 from autoprune.search.controllers.base import CONTROLLERS
+from autoprune.search.cost_model import CostModelFn, cost_model_for
+from autoprune.search.trial import TrialContext, run_trial
 
 #: The order runs are made in: cheap baselines first (their plans warm-start the others).
 DEFAULT_CONTROLLERS = ("uniform", "random", "evolution", "knapsack", "rl", "nsga2", "tpe")

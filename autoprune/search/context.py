@@ -8,16 +8,17 @@ from typing import Any
 import torch
 
 from autoprune.core.config import Config
-from autoprune.latency.devices import DeviceProfile, load_device
 from autoprune.core.errors import AutopruneError, ConfigError
-from autoprune.latency.measured import checked_latencies, estimator_for
+from autoprune.latency.devices import DeviceProfile, load_device
 from autoprune.latency.lut import has_table, load_table
+from autoprune.latency.measured import checked_latencies
+from autoprune.latency.policy import estimator_for
 from autoprune.pruning.metrics import macs, nonzero_params
 from autoprune.pruning.space import SearchSpace
 from autoprune.pruning.structure import with_structure_units
-from autoprune.tasks.base import load_task, task_function
-from autoprune.search.trial import TrialContext
 from autoprune.pruning.units import prunable_units
+from autoprune.search.trial import TrialContext
+from autoprune.tasks.base import load_task, task_function
 
 
 def study_context(config: Config, source: Path, trust_task: bool = False) -> TrialContext:

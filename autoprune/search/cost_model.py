@@ -18,10 +18,10 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from autoprune.pruning.granularity import unit_channel_scores
-from autoprune.pruning.metrics import macs, nonzero_params
 from autoprune.core.objectives import Objective
 from autoprune.core.plan import Plan
+from autoprune.pruning.granularity import unit_channel_scores
+from autoprune.pruning.metrics import macs, nonzero_params
 from autoprune.search.trial import TrialContext, calibration, prune
 
 #: What a controller is given: plan -> predicted value per cost label (``latency_ms.<device>``,

@@ -11,24 +11,29 @@ import contextlib
 import dataclasses
 import logging
 import time
-from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from tqdm.auto import tqdm
 
-from autoprune.core.config import Config, load_config, validate_config
+from autoprune.core.config import Config
+from autoprune.core.errors import ConfigError
+from autoprune.core.objectives import build_objectives
+from autoprune.core.records import COMPLETE, FAILED, STOPPED, TrialResult
+from autoprune.pruning.space import UnitSpace
+from autoprune.results.front import device_front
+from autoprune.results.study import Study, study_lock
 from autoprune.search.context import build_context, dense_baseline
 from autoprune.search.controllers import CONTROLLERS, Controller
 from autoprune.search.controllers.base import option_names
-from autoprune.core.errors import ConfigError
 from autoprune.search.cost_model import CostModelFn, cost_model_for
-from autoprune.results.front import device_front
-from autoprune.core.objectives import build_objectives
 from autoprune.search.optuna_study import OptunaMirror, storage_url
-from autoprune.pruning.space import UnitSpace
-from autoprune.search.stopping import DominanceRule, TrialMonitor, append_reports, load_reports
-from autoprune.results.study import Study, study_lock
-from autoprune.search.trial import COMPLETE, FAILED, STOPPED, TrialContext, TrialResult, run_trial
+from autoprune.search.stopping import (
+    DominanceRule,
+    TrialMonitor,
+    append_reports,
+    load_reports,
+)
+from autoprune.search.trial import TrialContext, run_trial
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +41,10 @@ log = logging.getLogger(__name__)
 MAX_REPEATS = 50
 
 
-def check_controller_options(config: Config) -> None:
-    """Unknown ``controller_options`` keys are a config error, found before any work."""
+def check_controller(config: Config) -> None:
+    """The config names a registered controller, with options it takes (checked before anything is written)."""
+    if config.controller not in CONTROLLERS:
+        raise ConfigError(f"controller: unknown controller {config.controller!r}; known: {', '.join(CONTROLLERS.names())}")
     known = option_names(CONTROLLERS.get(config.controller))
     unknown = sorted(set(config.controller_options) - known)
     if unknown:
@@ -59,7 +66,7 @@ def make_controller(
     latency per lookup-table device, params, MACs; see :mod:`autoprune.search.cost_model`),
     unless ``cost_model`` is given.
     """
-    check_controller_options(config)
+    check_controller(config)
     options = dict(config.controller_options)
     if config.storage is not None:
         options.setdefault("storage", config.storage)
@@ -98,7 +105,7 @@ def open_study(config: Config, context: Optional[TrialContext] = None) -> Iterat
     and study-wide settings first, then (under the lock, see :func:`~autoprune.results.study.study_lock`)
     the task, devices and tables, and the search space against the model's units.
     """
-    check_controller_options(config)
+    check_controller(config)
     study = Study(config.study_dir)
     with study_lock(study.path):
         if study.started():
@@ -121,28 +128,6 @@ def optuna_mirror(config: Config, controller: Controller, records: list[TrialRes
     mirror = OptunaMirror(config.name, controller.objectives, controller.space, storage_url(controller.study_dir, config.storage))
     mirror.sync(records)
     return mirror
-
-
-def search(config: Config | str | Path | dict[str, Any], progress: bool = False, backend: str = "local", **ray_options: Any) -> Study:
-    """Run (or resume) a study and return it: the library's entry point (``autoprune search``).
-
-    ``config`` is a :class:`~autoprune.core.config.Config`, the path of a study config (YAML), or
-    its keys as a dict (relative paths then start from the working directory). The study
-    directory keeps every trial, so calling again with the same config resumes. ``backend``
-    ``"ray"`` runs the trials on Ray Tune, with ``ray_options`` the fields of
-    :class:`~autoprune.search.ray_executor.RayOptions` (``address``, ``max_concurrent``, ...).
-    """
-    if isinstance(config, dict):
-        config = validate_config(config)
-    elif not isinstance(config, Config):
-        config = load_config(config)
-    if backend == "ray":
-        from autoprune.search.ray_executor import RayOptions, run_study_ray
-
-        return run_study_ray(config, RayOptions(**ray_options), progress=progress)
-    if backend != "local" or ray_options:
-        raise ConfigError(f"backend: expected 'local' or 'ray' (Ray options need 'ray'), got {backend!r}")
-    return run_study(config, progress=progress)
 
 
 def run_study(

@@ -15,14 +15,18 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+)
 from optuna.trial import TrialState
 
 from autoprune.core.objectives import Objective, values
 from autoprune.core.plan import Plan, UnitChoice
+from autoprune.core.records import COMPLETE, STOPPED, TrialResult
 from autoprune.pruning.space import UnitSpace
 from autoprune.results.study import open_optuna_storage
-from autoprune.search.trial import COMPLETE, STOPPED, TrialResult
 
 #: The user attribute holding a trial's record number (the link between the two).
 RECORD_ATTR = "record"

@@ -36,17 +36,36 @@ from ray.tune.search import Searcher
 from tqdm.auto import tqdm
 
 from autoprune.core.config import Config
-from autoprune.search.controllers import Controller
 from autoprune.core.errors import AutopruneError
-from autoprune.search.executor import MAX_REPEATS, budget_left, open_study, optuna_mirror, repeat_of
-from autoprune.results.front import device_front
 from autoprune.core.objectives import build_objectives
 from autoprune.core.plan import Plan
-from autoprune.search.stopping import DominanceRule, Report, append_reports, load_reports
+from autoprune.core.records import COMPLETE, FAILED, STOPPED, TrialResult
+from autoprune.results.front import device_front
 from autoprune.results.study import Study
-from autoprune.search.trial import COMPLETE, FAILED, STOPPED, TrialContext, TrialResult
+from autoprune.search.controllers import Controller
+from autoprune.search.executor import (
+    MAX_REPEATS,
+    budget_left,
+    open_study,
+    optuna_mirror,
+    repeat_of,
+)
 from autoprune.search.optuna_study import OptunaMirror
-from autoprune.search.tune_searcher import RECORD, RUNG, ControllerSearcher, lost_trial, record_from_result, trainable
+from autoprune.search.stopping import (
+    DominanceRule,
+    Report,
+    append_reports,
+    load_reports,
+)
+from autoprune.search.trial import TrialContext
+from autoprune.search.tune_searcher import (
+    RECORD,
+    RUNG,
+    ControllerSearcher,
+    lost_trial,
+    record_from_result,
+    trainable,
+)
 
 #: Tune's experiment folders of a study, one per run of the driver (the records stay the truth).
 TUNE_DIR = "tune"

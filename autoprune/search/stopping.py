@@ -25,7 +25,8 @@ from torch import nn
 
 from autoprune.core.config import Stopping
 from autoprune.core.objectives import Objective
-from autoprune.search.trial import TrialContext, TrialResult
+from autoprune.core.records import TrialResult
+from autoprune.search.trial import TrialContext
 
 REPORTS_FILE = "reports.jsonl"
 
@@ -126,7 +127,7 @@ class TrialMonitor:
         self.stopped = False
 
     def watch(self, ctx: TrialContext, result: TrialResult) -> Callable[[int, nn.Module], bool]:
-        """The ``on_step`` callback of :func:`autoprune.training.finetune.finetune` for ``result``'s trial."""
+        """The ``on_step`` callback of :func:`autoprune.training.loop.finetune` for ``result``'s trial."""
         at = rung_steps(ctx.recipe.steps(len(ctx.task.train)), self.fractions)
         trial_costs = costs(result, self.objectives)
 

@@ -10,71 +10,36 @@ import logging
 import math
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Callable, Optional, Protocol
 
 import torch
 
+from autoprune.core.plan import Plan
+from autoprune.core.recipes import FinetuneRecipe
+from autoprune.core.records import FAILED, STOPPED, TrialResult
+from autoprune.latency.measured import LatencyEstimator, checked_latencies
 from autoprune.pruning.apply import apply_plan
 from autoprune.pruning.criteria import Calibration
-from autoprune.training.distill import training_loss
-from autoprune.latency.measured import LatencyEstimator, checked_latencies
 from autoprune.pruning.metrics import macs, nonzero_params
-from autoprune.training.placement import resolve_device
-from autoprune.core.plan import Plan
 from autoprune.pruning.space import UnitSpace
-from autoprune.tasks.base import Task
-from autoprune.training.finetune import FinetuneRecipe, finetune, recalibrate_batchnorm
 from autoprune.pruning.units import Unit
+from autoprune.tasks.base import Task
+from autoprune.training.distill import training_loss
+from autoprune.training.loop import finetune, recalibrate_batchnorm
+from autoprune.training.placement import resolve_device
 
-if TYPE_CHECKING:
-    from autoprune.search.stopping import TrialMonitor
+
+class Monitor(Protocol):
+    """Watches a trial's fine-tune and may stop it (see :class:`autoprune.search.stopping.TrialMonitor`)."""
+
+    stopped: bool
+
+    def watch(self, ctx: "TrialContext", result: TrialResult) -> Callable[[int, torch.nn.Module], bool]: ...
+
 
 log = logging.getLogger(__name__)
-
-#: Record states. A stopped trial was cut short by multi-fidelity stopping (see autoprune.search.stopping).
-COMPLETE, FAILED, STOPPED = "complete", "failed", "stopped"
-
-
-@dataclass
-class TrialResult:
-    """One evaluated plan: the record a study keeps, one JSON line per trial."""
-
-    number: int
-    plan: dict[str, Any]
-    plan_key: str
-    state: str = COMPLETE
-    accuracy: Optional[float] = None
-    latency_ms: dict[str, float] = field(default_factory=dict)
-    latency_source: dict[str, str] = field(default_factory=dict)  # per device: "lut" (lookup table) or "measured"
-    params: Optional[int] = None
-    macs: Optional[int] = None
-    finetune_steps: int = 0
-    timings: dict[str, float] = field(default_factory=dict)
-    error: Optional[str] = None  # the exception, one line
-    traceback: Optional[str] = None  # the full traceback of a failed trial
-    trial_id: Optional[int] = None
-    controller: Optional[str] = None
-    cached: bool = False
-    finished_at: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrialResult":
-        return cls(**data)
-
-    def flat(self) -> dict[str, Any]:
-        """One row for a table: latencies and timings spread into columns."""
-        row = {k: v for k, v in self.to_dict().items() if k not in ("latency_ms", "latency_source", "timings", "plan", "traceback")}
-        row.update({f"latency_ms.{d}": v for d, v in self.latency_ms.items()})
-        row.update({f"latency_source.{d}": v for d, v in self.latency_source.items()})
-        row.update({f"time_s.{k}": v for k, v in self.timings.items()})
-        row["mean_ratio"] = Plan.from_dict(self.plan).mean_ratio()
-        return row
-
 
 @dataclass
 class TrialContext:
@@ -108,7 +73,7 @@ def trial_seed(ctx: TrialContext, number: int) -> int:
     return ctx.seed if ctx.recipe.common_batches else ctx.seed + number
 
 
-def run_trial(ctx: TrialContext, plan: Plan, number: int, monitor: Optional["TrialMonitor"] = None, seed: Optional[int] = None) -> TrialResult:
+def run_trial(ctx: TrialContext, plan: Plan, number: int, monitor: Optional[Monitor] = None, seed: Optional[int] = None) -> TrialResult:
     """Prune, time on every device, fine-tune, score. Errors are recorded, not raised.
 
     With a ``monitor`` the fine-tune reports accuracy at intermediate steps and may be

@@ -35,11 +35,12 @@ import torch
 from ray import tune
 from ray.tune.search import Searcher
 
-from autoprune.search.controllers import Controller, Proposal
 from autoprune.core.objectives import Objective
 from autoprune.core.plan import Plan
+from autoprune.core.records import FAILED, STOPPED, TrialResult
+from autoprune.search.controllers import Controller, Proposal
 from autoprune.search.stopping import Report, TrialMonitor
-from autoprune.search.trial import FAILED, STOPPED, TrialContext, TrialResult, run_trial
+from autoprune.search.trial import TrialContext, run_trial
 
 #: Keys of what the trainable reports: the trial's record (as JSON, so Tune does not flatten
 #: it), and at a rung, the rung's report and the record the trial has if it is stopped there.

@@ -22,9 +22,9 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from autoprune.core.errors import AutopruneError, ConfigError, UnknownNameError
-from autoprune.training.placement import model_device
-from autoprune.tasks.models import MODELS
 from autoprune.core.registry import Registry
+from autoprune.tasks.models import MODELS
+from autoprune.training.placement import model_device
 
 Metric = Callable[[nn.Module, Dataset], float]
 Loss = Callable[[nn.Module, Any], torch.Tensor]
@@ -123,7 +123,8 @@ def train_dense(
     if path.exists():
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.eval()
-    from autoprune.training.finetune import FinetuneRecipe, finetune
+    from autoprune.core.recipes import FinetuneRecipe
+    from autoprune.training.loop import finetune
 
     recipe = FinetuneRecipe(epochs=epochs, lr=lr, batch_size=batch_size, schedule="cosine")
     finetune(model, train, recipe, cross_entropy, seed=0)
@@ -227,6 +228,3 @@ def fashion_mnist(
     torch.manual_seed(seed)
     net = train_dense(net, train, val, _dense_key("fashion-mnist", model, epochs, train_size, seed), epochs)
     return Task(f"fashion-mnist/{model}", net, train, val, train[0][0][None].clone(), info={"dataset": str(root)})
-
-
-from autoprune.tasks import text as text_task  # noqa: E402,F401  (registers the "minilm" task)

@@ -13,7 +13,7 @@ from torch import nn
 
 from autoprune.core.registry import Registry
 
-MODELS: Registry[Callable[..., nn.Module]] = Registry("model", "autoprune.tasks.models")
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model", "autoprune.models")
 
 
 def _conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:

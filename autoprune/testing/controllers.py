@@ -25,15 +25,15 @@ import pytest
 import torch
 
 from autoprune.core.config import load_config
-from autoprune.search.controllers import CONTROLLERS, Controller
-from autoprune.search.controllers.encoding import violations
-from autoprune.tasks.models import MODELS
 from autoprune.core.objectives import Objective, build_objectives
 from autoprune.core.plan import Plan
+from autoprune.core.records import COMPLETE, FAILED, TrialResult
+from autoprune.pruning.sampling import violations
 from autoprune.pruning.space import Rule, SearchSpace, UnitSpace
-from autoprune.results.study import Study
-from autoprune.search.trial import COMPLETE, FAILED, TrialResult
 from autoprune.pruning.units import prunable_units
+from autoprune.results.study import Study
+from autoprune.search.controllers import CONTROLLERS, Controller
+from autoprune.tasks.models import MODELS
 
 TOY_DEVICE = "toy-device"
 

@@ -14,25 +14,15 @@ study config; :func:`training_loss` is what trial and export code call.
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from autoprune.core.recipes import Distillation
 from autoprune.training.placement import model_device
 
 Loss = Callable[[nn.Module, Any], torch.Tensor]
-
-
-class Distillation(BaseModel):
-    """How much, and how, the fine-tune learns from the dense model."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    weight: float = Field(0.5, ge=0, le=1, description="share of the distillation term; the task loss gets 1 - weight")
-    temperature: float = Field(4.0, gt=0, description="softens both distributions (kl only); the term is scaled by T^2")
-    kind: Literal["kl", "mse", "cosine"] = Field("kl", description="kl for classifier logits, mse or cosine for embeddings")
 
 
 def kd_term(student: torch.Tensor, teacher: torch.Tensor, options: Distillation) -> torch.Tensor:

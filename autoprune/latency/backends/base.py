@@ -6,46 +6,15 @@ Timing is shared here so every backend measures the same way: warm-up, then
 """
 from __future__ import annotations
 
-import statistics
-import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from autoprune.core.registry import Registry
-
-Runner = Callable[[np.ndarray], np.ndarray]
-
-
-@dataclass(frozen=True)
-class LatencyStats:
-    """Timing of one model on one backend, in milliseconds."""
-
-    median_ms: float
-    p10_ms: float
-    p90_ms: float
-    repeats: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def time_runner(run: Runner, x: np.ndarray, warmup: int = 10, repeats: int = 50) -> LatencyStats:
-    """Median and 10th/90th percentile wall time of ``run(x)`` after ``warmup`` calls."""
-    for _ in range(warmup):
-        run(x)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run(x)
-        times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
-    return LatencyStats(statistics.median(times), q[0], q[-1], len(times))
+from autoprune.latency.timing import LatencyStats, Runner, time_runner
 
 
 class Backend(ABC):
@@ -86,7 +55,7 @@ class Backend(ABC):
         return time_runner(self.load(path, threads), example_input, warmup, repeats)
 
 
-BACKENDS: Registry[type[Backend]] = Registry("device backend", "autoprune.latency.backends")
+BACKENDS: Registry[type[Backend]] = Registry("device backend", "autoprune.backends")
 
 
 def get_backend(name: str) -> Backend:

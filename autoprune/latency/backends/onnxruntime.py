@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from autoprune.core.errors import BackendUnavailableError
-from autoprune.latency.backends.base import BACKENDS, Backend, Runner
+from autoprune.latency.backends.base import BACKENDS, Backend
+from autoprune.latency.timing import Runner
 
 log = logging.getLogger(__name__)
 

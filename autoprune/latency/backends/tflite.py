@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from autoprune.core.errors import AutopruneError, BackendUnavailableError
-from autoprune.latency.backends.base import BACKENDS, Backend, Runner
+from autoprune.latency.backends.base import BACKENDS, Backend
+from autoprune.latency.timing import Runner
 
 #: Import name -> distribution name of the two packages this backend needs.
 _PACKAGES = {"litert_torch": "litert-torch", "ai_edge_litert": "ai-edge-litert"}

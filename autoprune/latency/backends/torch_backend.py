@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from autoprune.core.errors import BackendUnavailableError
-from autoprune.latency.backends.base import BACKENDS, Backend, LatencyStats, Runner
+from autoprune.latency.backends.base import BACKENDS, Backend
+from autoprune.latency.timing import LatencyStats, Runner
 
 
 def export_pt2(model: torch.nn.Module, example_input: torch.Tensor, path: Path) -> Path:

@@ -7,9 +7,16 @@
 * :func:`validate` compares predictions with real measurements (``autoprune lut validate``).
 """
 from autoprune.latency.lut.estimator import LUTEstimator
-from autoprune.latency.lut.keys import Kernel, KernelKey, extract_kernels
+from autoprune.latency.lut.kernel_key import Kernel, KernelKey
+from autoprune.latency.lut.keys import extract_kernels
 from autoprune.latency.lut.profiler import ProfileReport, profile
-from autoprune.latency.lut.table import LatencyTable, LatencyTableWarning, TableMeta, has_table, load_table
+from autoprune.latency.lut.table import (
+    LatencyTable,
+    LatencyTableWarning,
+    TableMeta,
+    has_table,
+    load_table,
+)
 
 __all__ = [
     "Kernel",

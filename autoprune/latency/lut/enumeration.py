@@ -19,12 +19,18 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from autoprune.pruning.apply import apply_plan
-from autoprune.pruning.granularity import GRANULARITIES, ORDER_CHANNELS, PruneContext, kept_channels
 from autoprune.core.plan import Plan, UnitChoice
+from autoprune.latency.lut.kernel_key import SPARSITY_STEP, Kernel, KernelKey
+from autoprune.latency.lut.keys import extract_kernels, weight_sparsity
+from autoprune.pruning.apply import apply_plan
+from autoprune.pruning.granularity import (
+    GRANULARITIES,
+    ORDER_CHANNELS,
+    PruneContext,
+    kept_channels,
+)
 from autoprune.pruning.space import UnitSpace
 from autoprune.pruning.units import Unit
-from autoprune.latency.lut.keys import SPARSITY_STEP, Kernel, KernelKey, extract_kernels, weight_sparsity
 
 #: Ops whose weights sparse granularities mask.
 WEIGHTED_OPS = ("conv", "dwconv", "linear")

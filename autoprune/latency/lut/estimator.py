@@ -20,11 +20,18 @@ import pandas as pd
 import torch
 from torch import nn
 
-from autoprune.latency.devices import DeviceProfile, is_shipped, writable_profile
 from autoprune.core.errors import MissingLatencyKeyError
+from autoprune.latency.devices import DeviceProfile, is_shipped, writable_profile
+from autoprune.latency.lut.kernel_key import Kernel, weight_mb
+from autoprune.latency.lut.keys import architecture, extract_kernels
+from autoprune.latency.lut.table import (
+    Calibration,
+    LatencyTable,
+    LatencyTableWarning,
+    kernel_sum,
+    load_table,
+)
 from autoprune.latency.measured import LatencyEstimator
-from autoprune.latency.lut.keys import Kernel, architecture, extract_kernels, weight_mb
-from autoprune.latency.lut.table import Calibration, LatencyTable, LatencyTableWarning, kernel_sum, load_table
 
 
 class LUTEstimator(LatencyEstimator):
@@ -54,7 +61,7 @@ class LUTEstimator(LatencyEstimator):
                     f"the device is not local, so profile it for this search space (`autoprune profile --device {self.device.name}`) "
                     "or use `latency: measured`"
                 )
-            from autoprune.latency.lut.profiler import measure_keys
+            from autoprune.latency.lut.kernel_timing import measure_keys
 
             if is_shipped(self.device):
                 self.device = writable_profile(self.device, with_table=True)
@@ -110,8 +117,8 @@ def table_fitness(device: DeviceProfile, model: Optional[nn.Module] = None, exam
     """
     import os
 
-    from autoprune.latency.devices import cpu_model
     from autoprune.core.errors import AutopruneError
+    from autoprune.latency.devices import cpu_model
     from autoprune.latency.lut.kernels import kernel_model
     from autoprune.latency.lut.table import installed_versions
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from autoprune.core.errors import AutopruneError
 from autoprune.core.registry import Registry
-from autoprune.latency.lut.keys import KernelKey
+from autoprune.latency.lut.kernel_key import KernelKey
 
 #: Device backend -> activation layout its kernel models use at their interface.
 CHANNELS_LAST_BACKENDS = {"tflite"}

@@ -16,25 +16,20 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Protocol, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from autoprune.core.errors import BackendUnavailableError
 from autoprune.latency.backends import Backend, LatencyStats, Runner, get_backend
 from autoprune.latency.devices import DeviceProfile
-from autoprune.core.errors import BackendUnavailableError
+from autoprune.latency.timing import FileMeasurer
 
 Build = Callable[[], tuple[nn.Module, torch.Tensor]]
 #: Writes a model file at the given path; returns the path and an input for the model.
 Write = Callable[[Path], tuple[Path, np.ndarray]]
-
-
-class FileMeasurer(Protocol):
-    """Times an exported file somewhere else, like ``Backend.measure``."""
-
-    def __call__(self, path: Path, example_input: np.ndarray, threads: int = 1, warmup: int = 20, repeats: int = 100) -> LatencyStats: ...
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from autoprune.latency.lut.keys import Kernel
+from autoprune.latency.lut.kernel_key import Kernel
 
 BLOCKED, PLAIN = "nchwc", "nchw"
 #: Kernels that run in whatever layout their input arrives in (ONNX Runtime has NCHWc pools).

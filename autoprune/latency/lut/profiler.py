@@ -11,43 +11,61 @@ that stop fitting in cache.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
-from autoprune.pruning.apply import apply_plan
-from autoprune.latency.backends import LatencyStats, get_backend
-from autoprune.pruning.criteria import GRADIENT_CRITERIA, Calibration as CriterionData
 from autoprune.core.errors import ConfigError
-from autoprune.latency.devices import DeviceProfile, writable_profile
-from autoprune.latency.measured import batched, deployable
 from autoprune.core.plan import Plan
-from autoprune.pruning.space import UnitSpace
-from autoprune.tasks.base import Task
-from autoprune.pruning.units import Unit
+from autoprune.latency.backends import get_backend
+from autoprune.latency.devices import DeviceProfile, writable_profile
 from autoprune.latency.lut.enumeration import enumerate_keys
-from autoprune.latency.lut.kernels import CHANNELS_LAST_BACKENDS, SEQUENCE_OPS, kernel_model
-from autoprune.latency.lut.keys import KernelKey, architecture, extract_kernels, weight_mb
-from autoprune.latency.lut.measure import FileMeasurer, Relative, Rounds, RoundsProgress, Write, measure_files, measure_relative, model_writer
-from autoprune.latency.lut.tflite_kernels import TFLiteKernelWriter
-from autoprune.latency.lut.table import Calibration, CalibrationPoint, LatencyTable, has_table, installed_versions, kernel_sum, load_table
+from autoprune.latency.lut.kernel_key import KernelKey, weight_mb
+from autoprune.latency.lut.kernel_timing import (
+    REFERENCE_KERNEL,
+    kernel_writes,
+    measure_keys,
+    scale_stats,
+)
+from autoprune.latency.lut.kernels import CHANNELS_LAST_BACKENDS
+from autoprune.latency.lut.keys import architecture, extract_kernels
+from autoprune.latency.lut.measure import (
+    Relative,
+    Rounds,
+    RoundsProgress,
+    measure_files,
+    measure_relative,
+    model_writer,
+)
+from autoprune.latency.lut.plans import (
+    MODEL_CI_PCT,
+    calibration_plans,
+    without_gradients,
+)
+from autoprune.latency.lut.table import (
+    Calibration,
+    CalibrationPoint,
+    LatencyTable,
+    has_table,
+    installed_versions,
+    kernel_sum,
+    load_table,
+)
+from autoprune.latency.measured import batched, deployable
+from autoprune.latency.timing import FileMeasurer
+from autoprune.pruning.apply import apply_plan
+from autoprune.pruning.criteria import Calibration as CriterionData
+from autoprune.pruning.space import UnitSpace
+from autoprune.pruning.units import Unit
+from autoprune.tasks.base import Task
 
 #: Interleaved rounds at least, when kernels are timed with the calibration models: finely
 #: interleaved, kernels and models see the same share of a busy machine.
 JOINT_ROUNDS = 20
 #: The empty kernel timed to learn a runtime's per-call overhead.
 EMPTY_KERNEL = KernelKey("act", 1, 1, 1, 1, act="relu")
-#: The kernel timed in the same rounds as every chunk of kernels: rows are stored as their
-#: ratio to it (times its first measurement), so a slow spell during one chunk does not
-#: make that chunk's kernels look slow next to the others.
-REFERENCE_KERNEL = KernelKey("conv", 16, 16, 16, 16, 3, 1, 1, 1, "relu")
-#: Kernels: rounds until every ratio is known within 3%, at most this many seconds a chunk.
-KERNEL_CHUNK_CAP_S = 10.0
-#: Whole models (calibration, validation): ratios to the dense model within 1.5%.
-MODEL_CI_PCT = 1.5
 #: Plans ``autoprune profile`` validates its own table on (random ones, besides the uniform sweep).
 SELF_CHECK_RANDOM = 4
 
@@ -97,110 +115,6 @@ def open_table(device: DeviceProfile, remote: bool = False, sparse_keys: Optiona
     framing = "nhwc" if device.backend in CHANNELS_LAST_BACKENDS else "nchw"
     context = "onnxruntime-nchwc" if device.backend == "onnxruntime-cpu" and device.local and not remote else "sum"
     return LatencyTable.new(device, device.path, installed_versions(device.backend) if not remote else {}, framing, context, sparse_keys)
-
-
-_TFLITE_WRITERS: dict[int, TFLiteKernelWriter] = {}
-
-
-def kernel_writes(device: DeviceProfile, keys: Sequence[KernelKey]) -> list[Write]:
-    """How to write each key's kernel model: from templates for LiteRT, by export otherwise."""
-    backend = get_backend(device.backend)
-    exported = [model_writer(backend, lambda k=k: kernel_model(k, device.backend, device.batch_size)) for k in keys]
-    if device.backend == "tflite":
-        writer = _TFLITE_WRITERS.setdefault(device.batch_size, TFLiteKernelWriter(backend, device.batch_size))
-        return [w if k.op in SEQUENCE_OPS else (lambda path, k=k: writer.write(k, path)) for k, w in zip(keys, exported)]
-    return exported
-
-
-def measure_keys(
-    device: DeviceProfile,
-    keys: Sequence[KernelKey],
-    table: LatencyTable,
-    rounds: int = 3,
-    measurer: Optional[FileMeasurer] = None,
-    cap_s: float = KERNEL_CHUNK_CAP_S,
-    on_rounds: Optional[RoundsProgress] = None,
-) -> list[tuple[KernelKey, LatencyStats, dict]]:
-    """Time each key's kernel model on the device, with the columns the table's context
-    model needs; returns rows for :meth:`LatencyTable.append`.
-
-    Locally the keys are timed beside :data:`REFERENCE_KERNEL` (at least ``rounds`` rounds,
-    more until each ratio is within 3%, at most ``cap_s`` seconds) and each row is its ratio
-    to the reference times the reference's latency in the table's first chunk
-    (``reference_kernel_ms``): chunks timed minutes apart share one scale. A remote device
-    is timed file by file in ``rounds`` rounds.
-    """
-    if measurer is not None:
-        stats = measure_files(device, kernel_writes(device, keys), rounds=rounds, measurer=measurer)
-        return [(k, s, {}) for k, s in zip(keys, stats)]
-    probes: list[dict] = []
-    nchwc = table.meta.context == "onnxruntime-nchwc"
-    inspect = None
-    if nchwc:
-        from autoprune.latency.lut.ort_layout import probe, row_columns
-
-        inspect = lambda p, x: probe(p, x, device.threads)  # noqa: E731
-    reference = kernel_writes(device, [REFERENCE_KERNEL])[0]
-    plan = Rounds(min_rounds=max(rounds, 2), max_rounds=max(rounds, 30), ci_pct=3.0, time_cap_s=cap_s)
-    ref_stats, stats, relative = measure_relative(device, kernel_writes(device, keys), reference, plan, 1, on_rounds, inspect, probes)[0]
-    if not table.meta.reference_kernel_ms:
-        table.meta.reference_kernel, table.meta.reference_kernel_ms = REFERENCE_KERNEL.id, ref_stats.median_ms
-    anchor = table.meta.reference_kernel_ms
-    rows = []
-    for i, (k, s, r) in enumerate(zip(keys, stats, relative)):
-        scaled = scale_stats(s, r.ratio * anchor)
-        rows.append((k, scaled, row_columns(probes[i], scaled.median_ms, table.meta.overhead_ms) if nchwc else {}))
-    return rows
-
-
-def scale_stats(stats: LatencyStats, median_ms: float) -> LatencyStats:
-    """``stats`` moved to ``median_ms``, its spread kept in proportion."""
-    f = median_ms / stats.median_ms if stats.median_ms > 0 else 1.0
-    return LatencyStats(median_ms, stats.p10_ms * f, stats.p90_ms * f, stats.repeats)
-
-
-def corner_plans(space: Mapping[str, UnitSpace]) -> list[tuple[str, Plan]]:
-    """The space's mixed corners: the first half of the units at their highest ratio and the
-    rest at their lowest, and the other way round (the uniform plans hold the pure corners)."""
-    from autoprune.core.plan import UnitChoice
-
-    names = list(space)
-    half = len(names) // 2
-    if half == 0:
-        return []
-
-    def corner(high: set[str]) -> Plan:
-        return Plan.from_dict({
-            n: UnitChoice(us.rule.granularities[0], us.rule.pruning_ratio.high if n in high else us.rule.pruning_ratio.low, us.rule.criteria[0])
-            for n, us in space.items()
-        })
-
-    return [("corner-front", corner(set(names[:half]))), ("corner-back", corner(set(names[half:])))]
-
-
-def calibration_plans(space: Mapping[str, UnitSpace], n: int, seed: int = 0) -> list[tuple[str, Plan]]:
-    """Plans spread over the whole pruning range: the uniform plan at every ratio of the
-    space (the dense model and the most pruned one included), the mixed corners, and ``n``
-    random plans.
-
-    A fit on random plans alone sees mid-range models only (random per-unit ratios average
-    out near the middle of the range); extrapolated to heavily pruned models its constant
-    dominated and hid most of what they save (a MobileNetV2-style model predicted 1.6x where
-    it measured 2.8x). Fitted in ratios to the dense model timed in the same rounds, the
-    extremes no longer carry the load noise that made them unreliable.
-    """
-    from autoprune.search.controllers import random_plan
-    from autoprune.search.controllers.encoding import uniform_plans
-
-    rng = np.random.default_rng(seed + 1_000_003)
-    uniform = [(f"uniform-{p.mean_ratio():.2f}", p) for p in uniform_plans(space)]
-    return uniform + corner_plans(space) + [(f"random-{i}", random_plan(space, rng)) for i in range(n)]
-
-
-def without_gradients(plan: Plan) -> Plan:
-    """``plan`` with criteria that need gradients replaced by ``l1``: for latency only, when no
-    training data is at hand (which channels go changes little of how long the model takes)."""
-    return Plan.from_dict({name: replace(c, criterion="l1") if c.criterion in GRADIENT_CRITERIA else c for name, c in plan})
 
 
 def profile(
@@ -392,12 +306,11 @@ class Target:
 
 def bind_task(task: str, space_path: str, task_options: Optional[Mapping[str, Any]] = None) -> Target:
     """Load ``task`` (trained, from the cache when it is) and bind the search space to its units."""
+    from autoprune.core.config import resolve_file
+    from autoprune.core.paths import SEARCH_SPACES
     from autoprune.pruning.space import SearchSpace
     from autoprune.pruning.structure import search_units
     from autoprune.tasks.base import load_task
-
-    from autoprune.core.config import resolve_file
-    from autoprune.core.paths import SEARCH_SPACES
 
     loaded = load_task(task, **dict(task_options or {}))
     space_path = str(resolve_file(space_path, None, SEARCH_SPACES))

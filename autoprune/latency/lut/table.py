@@ -29,10 +29,10 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from autoprune.core.errors import ConfigError
 from autoprune.latency.backends import LatencyStats
 from autoprune.latency.devices import DeviceProfile, cpu_model
-from autoprune.core.errors import ConfigError
-from autoprune.latency.lut.keys import Kernel, KernelKey
+from autoprune.latency.lut.kernel_key import Kernel, KernelKey
 
 log = logging.getLogger(__name__)
 

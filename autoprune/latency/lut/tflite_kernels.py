@@ -19,9 +19,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from autoprune.latency.backends import Backend
 from autoprune.core.errors import AutopruneError
-from autoprune.latency.lut.keys import KernelKey
+from autoprune.latency.backends import Backend
+from autoprune.latency.lut.kernel_key import KernelKey
 from autoprune.latency.lut.kernels import kernel_model, kernel_weight
 
 _PRIMES = [p for p in range(37, 400) if all(p % d for d in range(2, int(p**0.5) + 1))]

@@ -25,9 +25,9 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from autoprune.latency.lut.kernel_key import Kernel, KernelKey
 from autoprune.pruning.granularity import kept_channels
 from autoprune.pruning.heads import is_bert_attention
-from autoprune.latency.lut.keys import Kernel, KernelKey
 from autoprune.pruning.space import UnitSpace
 
 

@@ -24,14 +24,22 @@ import pandas as pd
 import torch
 from torch import nn
 
+from autoprune.latency.devices import DeviceProfile
+from autoprune.latency.lut.estimator import LUTEstimator
+from autoprune.latency.lut.measure import (
+    Rounds,
+    RoundsProgress,
+    device_backend,
+    measure_models_passes,
+    measure_relative,
+    model_writer,
+)
+from autoprune.latency.measured import batched, checked_latencies, deployable
+from autoprune.latency.timing import FileMeasurer
 from autoprune.pruning.apply import apply_plan
 from autoprune.pruning.criteria import Calibration as CriterionData
-from autoprune.latency.devices import DeviceProfile
-from autoprune.latency.measured import batched, checked_latencies, deployable
 from autoprune.pruning.space import UnitSpace
 from autoprune.pruning.units import Unit
-from autoprune.latency.lut.estimator import LUTEstimator
-from autoprune.latency.lut.measure import FileMeasurer, Rounds, RoundsProgress, device_backend, measure_models_passes, measure_relative, model_writer
 
 #: Bands of measured speedup the error is reported in: (label, low, high).
 SPEEDUP_BANDS = (("<2x", 0.0, 2.0), ("2-3x", 2.0, 3.0), (">3x", 3.0, float("inf")))
@@ -161,9 +169,9 @@ def plot(result: Validation, path: Path) -> Path:
 
 def validation_plans(space: Mapping[str, UnitSpace], n: int, seed: int) -> list[tuple[str, Any]]:
     """The uniform plan at every ratio of the space, the mixed corners, and ``n`` random plans."""
-    from autoprune.search.controllers import random_plan
-    from autoprune.search.controllers.encoding import uniform_plans
-    from autoprune.latency.lut.profiler import corner_plans
+    from autoprune.latency.lut.plans import corner_plans
+    from autoprune.pruning.sampling import uniform_plans
+    from autoprune.pruning.space import random_plan
 
     rng = np.random.default_rng(seed)
     uniform = [(f"uniform-{p.mean_ratio():.2f}", p) for p in uniform_plans(space)]
@@ -193,7 +201,7 @@ def validate(
     ``data`` (training batches and loss) serves gradient criteria such as ``taylor``; without
     it such plans rank by ``l1``.
     """
-    from autoprune.latency.lut.profiler import MODEL_CI_PCT, without_gradients
+    from autoprune.latency.lut.plans import MODEL_CI_PCT, without_gradients
 
     estimator = estimator or LUTEstimator(device, read_only=True)
     multiples = {name: us.rule.channel_multiple for name, us in space.items()}

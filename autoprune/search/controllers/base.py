@@ -11,13 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-import numpy as np
-
 from autoprune.core.objectives import Objective
 from autoprune.core.plan import Plan, UnitChoice
+from autoprune.core.records import TrialResult
 from autoprune.core.registry import Registry
 from autoprune.pruning.space import UnitSpace
-from autoprune.search.trial import TrialResult
 
 
 @dataclass(frozen=True)
@@ -138,7 +136,7 @@ class Controller(ABC):
             self.tell(Proposal(record.trial_id if record.trial_id is not None else record.number, Plan.from_dict(record.plan)), record)
 
 
-CONTROLLERS: Registry[type[Controller]] = Registry("controller", "autoprune.search.controllers")
+CONTROLLERS: Registry[type[Controller]] = Registry("controller", "autoprune.controllers")
 
 #: Constructor arguments the executor passes itself; not options of a config.
 _BOUND = {"self", "space", "objectives", "seed", "study_dir", "study_name", "cost_model"}
@@ -163,19 +161,3 @@ def option_names(cls: type[Controller]) -> set[str]:
     return names
 
 
-def random_choice(unit_space: UnitSpace, rng: np.random.Generator) -> UnitChoice:
-    """A uniformly random choice for one unit within its rule."""
-    rule = unit_space.rule
-    granularity = rule.granularities[rng.integers(len(rule.granularities))]
-    criterion = rule.criteria[rng.integers(len(rule.criteria))]
-    if rule.pruning_ratio.step is None:
-        ratio = float(rng.uniform(rule.pruning_ratio.low, rule.pruning_ratio.high))
-    else:
-        grid = rule.pruning_ratio.grid()
-        ratio = grid[rng.integers(len(grid))]
-    return UnitChoice(granularity, ratio, criterion)
-
-
-def random_plan(space: Mapping[str, UnitSpace], rng: np.random.Generator) -> Plan:
-    """A plan drawn uniformly from the space, unit by unit."""
-    return Plan.from_dict({name: random_choice(us, rng) for name, us in space.items()})

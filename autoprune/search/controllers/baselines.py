@@ -6,9 +6,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from autoprune.core.errors import ConfigError
-from autoprune.search.trial import TrialResult
-from autoprune.search.controllers.base import CONTROLLERS, Controller, Proposal, random_plan
-from autoprune.search.controllers.encoding import uniform_plans
+from autoprune.core.records import TrialResult
+from autoprune.pruning.sampling import uniform_plans
+from autoprune.pruning.space import random_plan
+from autoprune.search.controllers.base import CONTROLLERS, Controller, Proposal
 
 
 @CONTROLLERS.register("random")

@@ -22,11 +22,23 @@ import numpy as np
 
 from autoprune.core.errors import ConfigError
 from autoprune.core.plan import Plan, UnitChoice
-from autoprune.pruning.space import UnitSpace
-from autoprune.search.trial import TrialResult
-from autoprune.search.controllers.base import CONTROLLERS, Controller, Proposal, random_plan
-from autoprune.search.controllers.encoding import complete_plan, grid_index, ratio_grid, snap_ratio, uniform_plans, warm_start_plans
-from autoprune.search.controllers.selection import crowding_distances, minimised, nondominated_ranks, usable
+from autoprune.core.records import TrialResult
+from autoprune.pruning.sampling import (
+    complete_plan,
+    grid_index,
+    ratio_grid,
+    snap_ratio,
+    uniform_plans,
+    warm_start_plans,
+)
+from autoprune.pruning.space import UnitSpace, random_plan
+from autoprune.search.controllers.base import CONTROLLERS, Controller, Proposal
+from autoprune.search.controllers.selection import (
+    crowding_distances,
+    minimised,
+    nondominated_ranks,
+    usable,
+)
 
 #: Tries at making a child no trial has evaluated yet before accepting a repeat.
 MAX_TRIES = 32

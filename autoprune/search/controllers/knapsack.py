@@ -27,11 +27,11 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from autoprune.pruning.granularity import kept_channels
 from autoprune.core.plan import Plan, UnitChoice
+from autoprune.pruning.granularity import kept_channels
+from autoprune.pruning.sampling import default_choice, ratio_grid, snap_ratio
 from autoprune.pruning.space import UnitSpace
 from autoprune.search.controllers.base import CONTROLLERS
-from autoprune.search.controllers.encoding import default_choice, ratio_grid, snap_ratio
 from autoprune.search.controllers.evolution import EvolutionController, _check
 
 log = logging.getLogger(__name__)

@@ -15,11 +15,21 @@ from optuna.trial import TrialState
 
 from autoprune.core.errors import ConfigError
 from autoprune.core.objectives import values
-from autoprune.search.optuna_study import add_record, create_optuna_study, distributions, optuna_state, params_to_plan, plan_to_params, record_attrs, recorded_numbers, storage_url
 from autoprune.core.plan import Plan
-from autoprune.search.trial import COMPLETE, TrialResult
+from autoprune.core.records import COMPLETE, TrialResult
+from autoprune.pruning.sampling import warm_start_plans
 from autoprune.search.controllers.base import CONTROLLERS, Controller, Proposal
-from autoprune.search.controllers.encoding import warm_start_plans
+from autoprune.search.optuna_study import (
+    add_record,
+    create_optuna_study,
+    distributions,
+    optuna_state,
+    params_to_plan,
+    plan_to_params,
+    record_attrs,
+    recorded_numbers,
+    storage_url,
+)
 
 __all__ = ["NSGA2Controller", "OptunaController", "TPEController", "distributions", "params_to_plan", "plan_to_params"]
 

@@ -20,10 +20,10 @@ from torch import nn
 
 from autoprune.core.errors import ConfigError
 from autoprune.core.plan import Plan, UnitChoice
+from autoprune.core.records import TrialResult
+from autoprune.pruning.sampling import complete_plan, snap_ratio, warm_start_plans
 from autoprune.pruning.space import UnitSpace
-from autoprune.search.trial import TrialResult
 from autoprune.search.controllers.base import CONTROLLERS, Controller, Proposal
-from autoprune.search.controllers.encoding import complete_plan, snap_ratio, warm_start_plans
 from autoprune.search.controllers.evolution import MAX_TRIES
 from autoprune.search.controllers.selection import usable
 

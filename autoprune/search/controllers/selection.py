@@ -8,7 +8,7 @@ import numpy as np
 
 from autoprune.core.objectives import Objective
 from autoprune.core.pareto import pareto_mask
-from autoprune.search.trial import COMPLETE, TrialResult
+from autoprune.core.records import COMPLETE, TrialResult
 
 
 def minimised(result: TrialResult, objectives: Sequence[Objective]) -> np.ndarray:

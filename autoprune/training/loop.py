@@ -1,49 +1,15 @@
 """Fine-tuning: the short recipe every trial runs, and the longer one an export runs."""
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from autoprune.training.distill import Distillation
 from autoprune.core.errors import AutopruneError
+from autoprune.core.recipes import FinetuneRecipe
 from autoprune.training.placement import model_device, to_device
-
-
-class FinetuneRecipe(BaseModel):
-    """How a pruned candidate is fine-tuned before it is scored."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    epochs: float = Field(1.0, ge=0, description="passes over the training data; fractions allowed")
-    max_steps: Optional[int] = Field(None, ge=0, description="cap on optimiser steps (overrides epochs when lower)")
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(0.01, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    schedule: Literal["constant", "cosine"] = "cosine"
-    distill: Optional[Distillation] = Field(None, description="distil from the dense model while fine-tuning (see autoprune.training.distill)")
-    common_batches: bool = Field(
-        True,
-        description="every trial of a study fine-tunes on the same batches in the same order (common random numbers), "
-        "so two candidates differ by their plan rather than by their draw; false: a seed per trial",
-    )
-    bn_recalibration_batches: int = Field(
-        0, ge=0, description="training batches run through the model in train mode, without gradients, to re-estimate BatchNorm statistics before scoring"
-    )
-    device: str = Field(
-        "auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="where to fine-tune and score: auto (a CUDA GPU when there is one), cpu, cuda or cuda:N"
-    )
-
-    def steps(self, n_samples: int) -> int:
-        """Number of optimiser steps this recipe takes on ``n_samples`` training samples."""
-        per_epoch = math.ceil(n_samples / self.batch_size)
-        steps = int(round(self.epochs * per_epoch))
-        return min(steps, self.max_steps) if self.max_steps is not None else steps
 
 
 class DivergedError(AutopruneError, FloatingPointError):

@@ -1,0 +1,6 @@
+"""``python -m autoprune.cli``."""
+import sys
+
+from autoprune.cli.main import main
+
+sys.exit(main())
