@@ -31,8 +31,10 @@ from autoprune.core.plan import Plan
 from autoprune.core.records import COMPLETE, TrialResult
 from autoprune.latency.devices import cpu_model
 from autoprune.results.study import Study
+from autoprune.search.controllers import Controller, Proposal
 from autoprune.search.controllers.base import CONTROLLERS
 from autoprune.search.cost_model import CostModelFn, cost_model_for
+from autoprune.search.loop import TrialBook, run_loop
 from autoprune.search.trial import TrialContext, run_trial
 
 #: The order runs are made in: cheap baselines first (their plans warm-start the others).
@@ -164,9 +166,11 @@ def run_controller(
     The controller gets ``cost_model``, or one built from ``ctx`` as the executors do
     (share one across runs so its predictions are made once).
 
-    Each record's ``timings`` holds ``controller_s`` (time in ask/tell/resume) and, the
-    first time the study meets a plan, that plan's evaluation times; ``cached`` marks
-    records whose values were not computed for this trial.
+    The loop is the executors' (:func:`autoprune.search.loop.run_loop`): a plan the study has
+    evaluated is told again, not recorded. Each record's ``timings`` holds ``controller_s``
+    (time in ask/tell/resume since the previous record) and, the first time the study meets a
+    plan, that plan's evaluation times; ``cached`` marks records whose values came from
+    another run's evaluation of the same plan.
     """
     from autoprune.search.executor import make_controller
 
@@ -187,34 +191,54 @@ def run_controller(
     start = time.perf_counter()
     agent = make_controller(run_config, ctx.space, study, ctx, cost_model)
     agent.resume(records)
-    resume_s = time.perf_counter() - start
+    timed = _TimedController(agent, time.perf_counter() - start)
     seen = {r.plan_key for r in records}
-    while len(records) < budget:
-        start = time.perf_counter()
-        proposal = agent.ask()
-        asked_s = time.perf_counter() - start
+
+    def evaluate_once(proposal: Proposal, number: int) -> tuple[TrialResult, list]:
         source, fresh = evaluate(ctx, proposal.plan, cache)
         first = source.plan_key not in seen
+        seen.add(source.plan_key)
         result = dataclasses.replace(
             source,
-            number=len(records),
+            number=number,
             plan=proposal.plan.to_dict(),
-            trial_id=proposal.trial_id,
-            controller=controller,
             cached=not fresh,
             timings=dict(source.timings) if first else {"total_s": 0.0},
             latency_ms=dict(source.latency_ms),
         )
-        start = time.perf_counter()
-        agent.tell(proposal, result)
-        result.timings["controller_s"] = asked_s + time.perf_counter() - start + resume_s
-        resume_s = 0.0
-        study.append(result)
-        records.append(result)
-        seen.add(result.plan_key)
-        if on_trial is not None:
-            on_trial(result)
+        result.timings["controller_s"] = timed.spent()
+        return result, []
+
+    book = TrialBook(study, controller, records, on_trial=on_trial)
+    run_loop(book, timed, evaluate_once, lambda done: done < budget)
     return records
+
+
+class _TimedController:
+    """A controller whose time in ask, tell and resume is added up, for the trials' ``controller_s``."""
+
+    def __init__(self, controller: Controller, resume_s: float) -> None:
+        self.controller = controller
+        self._spent = resume_s
+
+    def spent(self) -> float:
+        """Seconds in the controller since the last call."""
+        spent, self._spent = self._spent, 0.0
+        return spent
+
+    def ask(self) -> Proposal:
+        start = time.perf_counter()
+        try:
+            return self.controller.ask()
+        finally:
+            self._spent += time.perf_counter() - start
+
+    def tell(self, proposal: Proposal, result: TrialResult) -> None:
+        start = time.perf_counter()
+        try:
+            self.controller.tell(proposal, result)
+        finally:
+            self._spent += time.perf_counter() - start
 
 
 def summarise(

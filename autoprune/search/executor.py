@@ -8,7 +8,6 @@ count against the budget.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import time
 from typing import Callable, Iterator, Optional
@@ -18,27 +17,25 @@ from tqdm.auto import tqdm
 from autoprune.core.config import Config
 from autoprune.core.errors import ConfigError
 from autoprune.core.objectives import build_objectives
-from autoprune.core.records import COMPLETE, FAILED, STOPPED, TrialResult
+from autoprune.core.records import FAILED, STOPPED, TrialResult
 from autoprune.pruning.space import UnitSpace
 from autoprune.results.front import device_front
 from autoprune.results.study import Study, study_lock
 from autoprune.search.context import build_context, dense_baseline
-from autoprune.search.controllers import CONTROLLERS, Controller
+from autoprune.search.controllers import CONTROLLERS, Controller, Proposal
 from autoprune.search.controllers.base import option_names
 from autoprune.search.cost_model import CostModelFn, cost_model_for
+from autoprune.search.loop import TrialBook, run_loop
 from autoprune.search.optuna_study import OptunaMirror, storage_url
 from autoprune.search.stopping import (
     DominanceRule,
     TrialMonitor,
-    append_reports,
     load_reports,
 )
 from autoprune.search.trial import TrialContext, run_trial
 
 log = logging.getLogger(__name__)
 
-#: Proposals of already evaluated plans in a row after which a run ends (the space is likely exhausted).
-MAX_REPEATS = 50
 
 
 def check_controller(config: Config) -> None:
@@ -138,48 +135,21 @@ def run_study(
 ) -> Study:
     """Run (or resume) the study ``config`` describes, locally, until the budget is spent."""
     with open_study(config, context) as (study, ctx, records, controller):
-        mirror = optuna_mirror(config, controller, records)
-        evaluated = {r.plan_key: r for r in records if r.state == COMPLETE}
         rule = DominanceRule(config.stopping, load_reports(study.path, records)) if config.stopping else None
         started = time.monotonic()
-        done = len(records)
-        repeats = 0
         first_device = config.devices[0]
-        with tqdm(total=config.budget.trials, initial=done, desc=config.name, unit="trial", disable=not progress) as bar:
-            while budget_left(config, done, started):
-                proposal = controller.ask()
-                earlier = evaluated.get(proposal.plan.key)
-                if earlier is not None:
-                    controller.tell(proposal, repeat_of(earlier, proposal.trial_id, config.controller))
-                    repeats += 1
-                    if repeats >= MAX_REPEATS:
-                        log.warning(
-                            "%s: the controller proposed only plans evaluated before %d times in a row; stopping with %d of %s trials (the search space may be exhausted)",
-                            config.name, repeats, done, config.budget.trials,
-                        )
-                        break
-                    continue
-                repeats = 0
-                monitor = TrialMonitor(config.stopping.rungs, rule.check, controller.objectives) if rule else None
-                result = run_trial(ctx, proposal.plan, done, monitor)
-                append_reports(study.path, monitor.reports if monitor else [])
-                result.trial_id, result.controller = proposal.trial_id, config.controller
-                study.append(result)
-                controller.tell(proposal, result)
-                if mirror is not None:
-                    mirror.add(result)
-                records.append(result)
-                if result.state == COMPLETE:
-                    evaluated.setdefault(result.plan_key, result)
-                done += 1
+        with tqdm(total=config.budget.trials, initial=len(records), desc=config.name, unit="trial", disable=not progress) as bar:
+
+            def show(result: TrialResult) -> None:
                 bar.update(1)
                 bar.set_postfix(front=len(device_front(records, first_device)), failed=sum(r.state == FAILED for r in records), stopped=sum(r.state == STOPPED for r in records))
                 if on_trial is not None:
                     on_trial(result)
+
+            def evaluate(proposal: Proposal, number: int) -> tuple[TrialResult, list]:
+                monitor = TrialMonitor(config.stopping.rungs, rule.check, controller.objectives) if rule else None
+                return run_trial(ctx, proposal.plan, number, monitor), (monitor.reports if monitor else [])
+
+            book = TrialBook(study, config.controller, records, optuna_mirror(config, controller, records), show)
+            run_loop(book, controller, evaluate, lambda done: budget_left(config, done, started))
     return study
-
-
-def repeat_of(earlier: TrialResult, trial_id: int, controller: str) -> TrialResult:
-    """What the controller is told for a plan it proposed again: the earlier result, under
-    its new handle. A repeat is not a trial: it is neither recorded nor counted."""
-    return dataclasses.replace(earlier, trial_id=trial_id, controller=controller, cached=True, timings={"total_s": 0.0})

@@ -39,22 +39,16 @@ from autoprune.core.config import Config
 from autoprune.core.errors import AutopruneError
 from autoprune.core.objectives import build_objectives
 from autoprune.core.plan import Plan
-from autoprune.core.records import COMPLETE, FAILED, STOPPED, TrialResult
+from autoprune.core.records import FAILED, STOPPED, TrialResult
 from autoprune.results.front import device_front
 from autoprune.results.study import Study
 from autoprune.search.controllers import Controller
-from autoprune.search.executor import (
-    MAX_REPEATS,
-    budget_left,
-    open_study,
-    optuna_mirror,
-    repeat_of,
-)
+from autoprune.search.executor import budget_left, open_study, optuna_mirror
+from autoprune.search.loop import Tell, TrialBook
 from autoprune.search.optuna_study import OptunaMirror
 from autoprune.search.stopping import (
     DominanceRule,
     Report,
-    append_reports,
     load_reports,
 )
 from autoprune.search.trial import TrialContext
@@ -209,12 +203,10 @@ class StudySearcher(Searcher):
         self.progress = progress
         self.started = time.monotonic()
         self.objectives = build_objectives(config.objectives, config.devices)
-        self.mirror = mirror
+        self.book = TrialBook(study, config.controller, records, mirror, self._show)
         self._numbers = free_numbers({r.number for r in records})
-        self._evaluated = {r.plan_key: r for r in records if r.state == COMPLETE}
         self._live: dict[str, tuple[str, Plan, int, int]] = {}
         self._asked = 0
-        self._repeats = 0
         self.finished = False  # the budget is spent (Tune ends the experiment when the last trial is in)
         self.cut_short = 0  # trials that ended unfinished, without a record
 
@@ -222,10 +214,9 @@ class StudySearcher(Searcher):
         """The plan of the controller's proposal, and the handle its records keep (``trial_id``)."""
         return Plan.from_dict(suggestion["plan"]), self.inner.proposal(key).trial_id
 
-    def _tell(self, key: str, record: TrialResult) -> None:
-        self.inner.on_trial_complete(key, {RECORD: json.dumps(record.to_dict())})
-        if self.mirror is not None:
-            self.mirror.add(record)
+    def _tell(self, key: str) -> Tell:
+        """How the controller behind Tune's key ``key`` is told a record."""
+        return lambda record: self.inner.on_trial_complete(key, {RECORD: json.dumps(record.to_dict())})
 
     @property
     def in_flight(self) -> int:
@@ -239,16 +230,13 @@ class StudySearcher(Searcher):
             if suggestion is None or suggestion == Searcher.FINISHED:
                 return suggestion
             plan, handle = self._propose(key, suggestion)
-            earlier = self._evaluated.get(plan.key)
+            earlier = self.book.earlier(plan)
             if earlier is None:
-                self._repeats = 0
+                self.book.repeats = 0
                 number = next(self._numbers)
                 self._live[trial_id] = (key, plan, number, handle)
                 return {"plan": plan.to_dict(), "number": number}
-            self._tell(key, repeat_of(earlier, handle, self.config.controller))  # not a trial: neither recorded nor counted
-            self._repeats += 1
-            if self._repeats >= MAX_REPEATS:
-                log.warning("%s: the controller proposed only plans evaluated before %d times in a row; stopping (the search space may be exhausted)", self.config.name, self._repeats)
+            if not self.book.repeat(earlier, handle, self._tell(key)):  # not a trial: neither recorded nor counted
                 break
         self.finished = True
         return Searcher.FINISHED
@@ -269,13 +257,9 @@ class StudySearcher(Searcher):
         self._finish(key, handle, record, reports)
 
     def _finish(self, key: str, handle: int, record: TrialResult, reports: list[Report]) -> None:
-        record.trial_id, record.controller = handle, self.config.controller
-        append_reports(self.study.path, reports)
-        self.study.append(record)
-        self._tell(key, record)
-        self.records.append(record)
-        if record.state == COMPLETE:
-            self._evaluated.setdefault(record.plan_key, record)
+        self.book.record(record, handle, self._tell(key), reports)
+
+    def _show(self, record: TrialResult) -> None:
         if self.progress is not None:
             self.progress.update(1)
             self.progress.set_postfix(
