@@ -62,3 +62,12 @@ def write_config(tmp_path: Path, **overrides) -> Path:
 @pytest.fixture
 def tiny_config(tmp_path: Path) -> Path:
     return write_config(tmp_path)
+
+
+def heavy_space(tmp_path: Path) -> Path:
+    """A search space of heavily pruned plans only. The front holds only trials measured faster
+    than the dense model, and a tiny model's latency is mostly per-call overhead: lightly
+    pruned plans may time as slow as the dense model on a busy machine."""
+    space = tmp_path / "heavy_space.yaml"
+    space.write_text("rules:\n  - match: '*'\n    pruning_ratio: {low: 0.75, high: 0.8, step: 0.05}\nprotect: [stem, classifier]\n")
+    return space

@@ -5,7 +5,7 @@ import sys
 
 import onnxruntime as ort
 
-from tests.conftest import write_config
+from tests.conftest import heavy_space, write_config
 
 
 def cli(*args, check=True):
@@ -15,11 +15,7 @@ def cli(*args, check=True):
 
 
 def test_three_trial_search_then_front_export_report(tmp_path):
-    # heavily pruned plans: the front holds only trials measured faster than the dense model,
-    # and this tiny model's latency is mostly per-call overhead
-    space = tmp_path / "space.yaml"
-    space.write_text("rules:\n  - match: '*'\n    pruning_ratio: {low: 0.75, high: 0.8, step: 0.05}\nprotect: [stem, classifier]\n")
-    config = write_config(tmp_path, search_space=str(space))
+    config = write_config(tmp_path, search_space=str(heavy_space(tmp_path)))
     out = cli("search", config, "--no-progress")
     assert "Pareto front of tiny (3 trials" in out.stdout
     study = tmp_path / "study"
@@ -45,7 +41,7 @@ def test_three_trial_search_then_front_export_report(tmp_path):
 
 
 def test_unmeetable_export_constraint_is_one_clear_line(tmp_path):
-    config = write_config(tmp_path, budget={"trials": 1})
+    config = write_config(tmp_path, budget={"trials": 2}, search_space=str(heavy_space(tmp_path)))
     cli("search", config, "--no-progress")
     bad = cli("export", tmp_path / "study", "--device", "onnxruntime-cpu", "--max-latency-ms", "1e-9", check=False)
     assert bad.returncode == 2

@@ -330,7 +330,9 @@ def test_a_search_in_which_every_trial_failed_exits_non_zero(tmp_path, capsys):
     config = write_config(tmp_path, finetune={"epochs": 0.2, "lr": 1e12, "momentum": 0.0, "schedule": "constant"}, budget={"trials": 2})
     code, out, err = run_cli(capsys, "search", config, "--no-progress")
     assert code == 1
-    assert "no trial of 2 completed; the first error: " in one_line(err) and "DivergedError" in err
+    *logged, last = err.strip().splitlines()
+    assert last.startswith("autoprune search: error: no trial of 2 completed; the first error: ") and "DivergedError" in last
+    assert len(logged) == 2 and all("WARNING: trial" in line for line in logged)  # each failed trial is logged as it fails
 
 
 # -- the front: the dense model takes part, collapsed models stay out ----------------------

@@ -12,11 +12,11 @@ import pytest
 from autoprune.core.config import load_config
 from autoprune.core.errors import ConfigError
 from autoprune.core.records import TrialResult
+from autoprune.deploy.verify import with_measured_latency
 from autoprune.results.front import front
 from autoprune.results.study import Study
 from autoprune.search.executor import run_study
 from tests.conftest import write_config
-from autoprune.deploy.verify import with_measured_latency
 
 
 def test_study_records_every_trial_and_resumes_without_recomputing(tmp_path):

@@ -180,7 +180,10 @@ def _fit_one_architecture(kernels: float, s: np.ndarray, w: np.ndarray, y: np.nd
         else:
             flags.append(f"{share}: kept, as it predicts left-out models better than a fit without it")
     if coef[1] <= 0:
-        flags.append("the kernel sum got no weight: the table's kernels do not explain these models")
+        # a fit blind to the kernels would predict every pruned variant as slow as the dense model
+        scale = float(np.linalg.lstsq(s[:, None], y, rcond=None)[0][0])
+        flags.append(f"the kernel sum got no weight (the table's kernels did not explain these models): kernel sum scaled by {scale:.3g} alone")
+        coef = np.array([0.0, max(scale, 1e-6)] + ([0.0] if use_mb else []))
     return Calibration(
         overhead_ms=overhead_ms, per_kernel_ms=float(coef[0] / max(kernels, 1)), scale=float(coef[1]),
         per_mb_ms=float(coef[2]) if use_mb else 0.0, points=len(y), source=source, flags=flags,
