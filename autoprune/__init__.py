@@ -33,7 +33,7 @@ _LAZY = {
     "Plan": "core.plan", "UnitChoice": "core.plan",
     "TrialResult": "core.records",
     "TASKS": "tasks", "Task": "tasks", "load_task": "tasks",
-    "run_trial": "search.trial",
+    "run_trial": "engine.trial",
 }
 
 _moved.install()

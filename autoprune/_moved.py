@@ -1,6 +1,6 @@
 """Old module paths of the flat layout, importable for one more release with a DeprecationWarning.
 
-``import autoprune.executor`` (0.1) now gives :mod:`autoprune.search.executor` and warns once.
+``import autoprune.executor`` (0.1) now gives :mod:`autoprune.engine.executor` and warns once.
 """
 from __future__ import annotations
 
@@ -43,15 +43,15 @@ MOVED = {
     "study": "results.study",
     "front": "results.front",
     "report": "results.report",
-    "context": "search.context",
-    "trial": "search.trial",
-    "executor": "search.executor",
-    "ray_executor": "search.ray_executor",
-    "tune_searcher": "search.tune_searcher",
-    "stopping": "search.stopping",
-    "cost_model": "search.cost_model",
-    "controllers.compare": "search.compare",
-    "controllers": "search.controllers",
+    "context": "engine.context",
+    "trial": "engine.trial",
+    "executor": "engine.executor",
+    "ray_executor": "engine.ray_executor",
+    "tune_searcher": "engine.tune_searcher",
+    "stopping": "engine.stopping",
+    "cost_model": "engine.cost_model",
+    "controllers.compare": "engine.compare",
+    "controllers": "engine.controllers",
     "export": "deploy.export",
     "quantize": "deploy.quantize",
     "schedule": "deploy.gradual",

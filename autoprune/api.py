@@ -15,9 +15,9 @@ from autoprune.core.config import Config, load_config, validate_config
 from autoprune.core.errors import ConfigError
 from autoprune.deploy.export import Exporter, ExportRequest, ExportResult
 from autoprune.deploy.verify import with_measured_latency
+from autoprune.engine.executor import run_study
 from autoprune.results import study as _study
 from autoprune.results.front import front as _front
-from autoprune.search.executor import run_study
 
 
 class Study(_study.Study):
@@ -73,14 +73,14 @@ def search(config: Config | str | Path | dict[str, Any], progress: bool = False,
     its keys as a dict (relative paths then start from the working directory). The study
     directory keeps every trial, so calling again with the same config resumes. ``backend``
     ``"ray"`` runs the trials on Ray Tune, with ``ray_options`` the fields of
-    :class:`~autoprune.search.ray_executor.RayOptions` (``address``, ``max_concurrent``, ...).
+    :class:`~autoprune.engine.ray_executor.RayOptions` (``address``, ``max_concurrent``, ...).
     """
     if isinstance(config, dict):
         config = validate_config(config)
     elif not isinstance(config, Config):
         config = load_config(config)
     if backend == "ray":
-        from autoprune.search.ray_executor import RayOptions, run_study_ray
+        from autoprune.engine.ray_executor import RayOptions, run_study_ray
 
         return Study(run_study_ray(config, RayOptions(**ray_options), progress=progress).path)
     if backend != "local" or ray_options:

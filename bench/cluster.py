@@ -24,8 +24,8 @@ import pandas as pd
 import torch
 
 from autoprune.core.config import load_config
-from autoprune.search.context import build_context
-from autoprune.search.executor import run_study
+from autoprune.engine.context import build_context
+from autoprune.engine.executor import run_study
 
 from .machine import machine_markdown
 
@@ -37,7 +37,7 @@ def timed_run(mode: str, config, ctx) -> dict:
     """One study. Wall time from the call; steady rate from the first to the last record; the
     executor's own cost per trial as the gap between consecutive records minus the later
     trial's time inside ``run_trial`` (only meaningful with one trial in flight)."""
-    from autoprune.search.ray_executor import RayOptions, run_study_ray
+    from autoprune.engine.ray_executor import RayOptions, run_study_ray
 
     done: list[tuple[float, object]] = []
     on_trial = lambda r: done.append((time.perf_counter(), r))  # noqa: E731
@@ -78,7 +78,7 @@ def main() -> None:
     machine = machine_markdown()
     import ray
 
-    from autoprune.search.ray_executor import RayOptions, connect
+    from autoprune.engine.ray_executor import RayOptions, connect
 
     modes = ["local", "ray x1", "ray x2"]
     rows = []

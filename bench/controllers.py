@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from autoprune.core.config import load_config
-from autoprune.search.compare import (
+from autoprune.engine.compare import (
     EvaluationCache,
     Reference,
     compare_controllers,
@@ -35,7 +35,7 @@ from autoprune.search.compare import (
     verdicts,
     write_results,
 )
-from autoprune.search.context import build_context
+from autoprune.engine.context import build_context
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

@@ -38,8 +38,8 @@ from scipy.stats import kendalltau
 
 from autoprune.core.config import load_config
 from autoprune.deploy.export import Exporter, ExportRequest
+from autoprune.engine.executor import run_study
 from autoprune.results.front import device_front
-from autoprune.search.executor import run_study
 
 from .machine import machine_markdown
 

@@ -285,12 +285,12 @@ def transformer_table_check(args: argparse.Namespace, info: dict[str, str]) -> N
     import numpy as np
     from scipy.stats import kendalltau
 
+    from autoprune.engine.controllers import random_plan
     from autoprune.latency.devices import load_device
     from autoprune.latency.lut import LUTEstimator, profile
     from autoprune.latency.lut.measure import measure_models_passes
     from autoprune.latency.measured import batched
     from autoprune.pruning.space import SearchSpace
-    from autoprune.search.controllers import random_plan
 
     task = load_task("minilm", train_size=32, val_size=32)
     x = task.example_input

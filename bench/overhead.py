@@ -18,8 +18,8 @@ import pandas as pd
 import torch
 
 from autoprune.core.config import load_config
-from autoprune.search.context import build_context
-from autoprune.search.executor import run_study
+from autoprune.engine.context import build_context
+from autoprune.engine.executor import run_study
 
 from .machine import machine_markdown
 

@@ -462,7 +462,7 @@ def bench_autoprune(run: Run, model_name: str, controller: str, task, timer: Tim
 
     from autoprune.core.config import ExportOptions, load_config
     from autoprune.deploy.export import Exporter, ExportRequest
-    from autoprune.search.executor import run_study
+    from autoprune.engine.executor import run_study
 
     from .export import profile_model
 

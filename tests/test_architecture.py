@@ -18,11 +18,11 @@ ALLOWED = {
     "pruning": {"core"},
     "latency": {"core", "tasks", "pruning"},
     "results": {"core"},
-    "search": {"core", "training", "tasks", "pruning", "latency", "results"},
-    "deploy": {"core", "training", "tasks", "pruning", "latency", "results", "search"},
-    "testing": {"core", "training", "tasks", "pruning", "latency", "results", "search"},
-    "api": {"core", "training", "tasks", "pruning", "latency", "results", "search", "deploy"},
-    "cli": {"core", "training", "tasks", "pruning", "latency", "results", "search", "deploy", "api"},
+    "engine": {"core", "training", "tasks", "pruning", "latency", "results"},
+    "deploy": {"core", "training", "tasks", "pruning", "latency", "results", "engine"},
+    "testing": {"core", "training", "tasks", "pruning", "latency", "results", "engine"},
+    "api": {"core", "training", "tasks", "pruning", "latency", "results", "engine", "deploy"},
+    "cli": {"core", "training", "tasks", "pruning", "latency", "results", "engine", "deploy", "api"},
     "agent": set(),
     "_moved": set(),
 }
@@ -151,10 +151,10 @@ def test_old_module_paths_still_import_with_a_deprecation_warning():
         "import warnings, importlib; warnings.simplefilter('error', DeprecationWarning)\n"
         "try:\n    importlib.import_module('autoprune.executor')\nexcept DeprecationWarning as w:\n    print('warned', w)\n"
         "warnings.simplefilter('ignore', DeprecationWarning)\n"
-        "import autoprune.executor, autoprune.lut.table, autoprune.search.executor, autoprune.latency.lut.table\n"
-        "print(autoprune.executor is autoprune.search.executor, autoprune.lut.table is autoprune.latency.lut.table)"
+        "import autoprune.executor, autoprune.lut.table, autoprune.engine.executor, autoprune.latency.lut.table\n"
+        "print(autoprune.executor is autoprune.engine.executor, autoprune.lut.table is autoprune.latency.lut.table)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "warned autoprune.executor moved to autoprune.search.executor" in done.stdout
+    assert "warned autoprune.executor moved to autoprune.engine.executor" in done.stdout
     assert done.stdout.strip().endswith("True True")

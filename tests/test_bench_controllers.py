@@ -9,8 +9,8 @@ import pytest
 from autoprune.cli.main import main
 from autoprune.core.config import load_config
 from autoprune.core.records import TrialResult
+from autoprune.engine.compare import Reference, summarise
 from autoprune.results.study import Study
-from autoprune.search.compare import Reference, summarise
 from tests.conftest import write_config
 
 
@@ -56,8 +56,8 @@ def test_summary_counts_each_plan_once_and_reads_speedups_from_the_dense_latency
 
 
 def test_reseed_fine_tunes_the_best_plans_again_once(tmp_path):
-    from autoprune.search.compare import compare_controllers, reseed
-    from autoprune.search.context import build_context
+    from autoprune.engine.compare import compare_controllers, reseed
+    from autoprune.engine.context import build_context
 
     config = load_config(write_config(tmp_path))
     ctx = build_context(config)

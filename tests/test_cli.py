@@ -45,7 +45,9 @@ def test_unmeetable_export_constraint_is_one_clear_line(tmp_path):
     cli("search", config, "--no-progress")
     bad = cli("export", tmp_path / "study", "--device", "onnxruntime-cpu", "--max-latency-ms", "1e-9", check=False)
     assert bad.returncode == 2
-    assert bad.stderr.strip().count("\n") == 0 and "no front member on 'onnxruntime-cpu' meets --max-latency-ms" in bad.stderr
+    # one line either way: no member meets the bound, or (timed on a busy machine) no trial beat the dense model
+    assert bad.stderr.strip().count("\n") == 0 and bad.stderr.startswith("autoprune export: error: ")
+    assert "meets --max-latency-ms" in bad.stderr or "faster than the dense model" in bad.stderr
 
 
 def test_bad_config_is_one_clear_line(tmp_path):

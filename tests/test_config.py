@@ -6,9 +6,9 @@ import yaml
 
 from autoprune.core.config import load_config
 from autoprune.core.errors import ConfigError
+from autoprune.engine.context import build_context
+from autoprune.engine.executor import check_controller
 from autoprune.pruning.space import SearchSpace
-from autoprune.search.context import build_context
-from autoprune.search.executor import check_controller
 from tests.conftest import REPO, write_config
 
 

@@ -8,12 +8,12 @@ import pytest
 
 from autoprune.core.errors import ConfigError
 from autoprune.core.plan import Plan
-from autoprune.pruning.sampling import uniform_plans, violations
-from autoprune.search.controllers import CONTROLLERS
-from autoprune.search.controllers.selection import (
+from autoprune.engine.controllers import CONTROLLERS
+from autoprune.engine.controllers.selection import (
     crowding_distances,
     nondominated_ranks,
 )
+from autoprune.pruning.sampling import uniform_plans, violations
 from autoprune.testing.controllers import (
     TOY_DEVICE,
     ControllerTestSuite,
@@ -176,7 +176,7 @@ class TestKnapsack(ControllerTestSuite):
 
 
 def test_knapsack_ladder_meets_its_targets_on_the_cost_model_and_comes_first():
-    from autoprune.search.controllers.knapsack import allocation_path
+    from autoprune.engine.controllers.knapsack import allocation_path
     from autoprune.testing.controllers import ToyCostModel
 
     space = toy_space()
@@ -199,7 +199,7 @@ def test_knapsack_ladder_meets_its_targets_on_the_cost_model_and_comes_first():
 def test_knapsack_keeps_the_important_channels_the_uniform_plan_drops():
     """Half of every unit's channels score near zero except in one unit, whose channels all
     matter alike: the 1.5x plan prunes that unit least."""
-    from autoprune.search.controllers.knapsack import allocation_path, ladder
+    from autoprune.engine.controllers.knapsack import allocation_path, ladder
     from autoprune.testing.controllers import ToyCostModel
 
     space = {n: us for n, us in toy_space().items() if us.rule.pruning_ratio.step is not None and us.rule.pruning_ratio.high > 0.5}

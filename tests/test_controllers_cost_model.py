@@ -12,13 +12,13 @@ from autoprune.core.config import load_config
 from autoprune.core.objectives import build_objectives
 from autoprune.core.plan import Plan
 from autoprune.core.records import TrialResult
+from autoprune.engine.context import build_context
+from autoprune.engine.controllers import CONTROLLERS
+from autoprune.engine.cost_model import CostModel, cost_model_for
+from autoprune.engine.executor import make_controller
+from autoprune.engine.trial import run_trial
 from autoprune.pruning.sampling import uniform_plans, violations
 from autoprune.results.study import Study
-from autoprune.search.context import build_context
-from autoprune.search.controllers import CONTROLLERS
-from autoprune.search.cost_model import CostModel, cost_model_for
-from autoprune.search.executor import make_controller
-from autoprune.search.trial import run_trial
 from autoprune.testing.controllers import (
     TOY_DEVICE,
     ToyCostModel,

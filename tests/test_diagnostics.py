@@ -101,8 +101,8 @@ def test_max_class_drop_is_validated_with_its_key(tmp_path, bad):
 
 def test_model_card_and_report_carry_the_diagnostics(tmp_path):
     from autoprune.deploy.export import export_member
+    from autoprune.engine.executor import run_study
     from autoprune.results.report import write_report
-    from autoprune.search.executor import run_study
 
     config = write_config(tmp_path, budget={"trials": 2}, export={"finetune": {"epochs": 0.2}, "max_class_drop": 0.001})
     study = run_study(load_config(config), progress=False)

@@ -176,7 +176,7 @@ def two_device_study(tmp_path_factory):
     """A two-trial study on ONNX Runtime and LiteRT whose export prunes gradually in two steps."""
     _available("tflite")
     from autoprune.core.config import load_config
-    from autoprune.search.executor import run_study
+    from autoprune.engine.executor import run_study
 
     gradual = {"steps": 2, "finetune": {"max_steps": 2, "batch_size": 32}}
     tmp = tmp_path_factory.mktemp("study")

@@ -293,8 +293,8 @@ def test_distillation_loss_blends_task_and_teacher():
 def test_study_config_turns_on_distillation_and_the_iterative_export(tmp_path):
     from autoprune.core.config import load_config
     from autoprune.deploy.gradual import prune_for_export
-    from autoprune.search.context import build_context
-    from autoprune.search.trial import prune, run_trial
+    from autoprune.engine.context import build_context
+    from autoprune.engine.trial import prune, run_trial
     from tests.conftest import write_config
 
     path = write_config(

@@ -13,6 +13,7 @@ import yaml
 
 from autoprune.core.errors import ConfigError, MissingLatencyKeyError
 from autoprune.core.plan import Plan, UnitChoice
+from autoprune.engine.controllers import random_plan
 from autoprune.latency.devices import load_device
 from autoprune.latency.lut import (
     LatencyTableWarning,
@@ -32,7 +33,6 @@ from autoprune.latency.policy import estimator_for
 from autoprune.pruning.apply import apply_plan
 from autoprune.pruning.space import SearchSpace
 from autoprune.pruning.units import prunable_units
-from autoprune.search.controllers import random_plan
 
 from .conftest import REPO
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from autoprune.core.plan import Plan, UnitChoice
+from autoprune.engine.controllers import random_plan
 from autoprune.latency.devices import load_device
 from autoprune.latency.lut import LUTEstimator, load_table, profile
 from autoprune.latency.lut.plans import calibration_plans
@@ -14,7 +15,6 @@ from autoprune.pruning.apply import apply_plan
 from autoprune.pruning.criteria import Calibration
 from autoprune.pruning.space import SearchSpace
 from autoprune.pruning.structure import search_units
-from autoprune.search.controllers import random_plan
 from autoprune.tasks.models import ResNet
 
 from .conftest import REPO

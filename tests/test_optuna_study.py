@@ -14,8 +14,8 @@ import optuna
 import pytest
 
 from autoprune.core.config import load_config
+from autoprune.engine.executor import run_study
 from autoprune.results.study import Study
-from autoprune.search.executor import run_study
 from tests.conftest import write_config
 
 LABELS = ["accuracy", "latency_ms.onnxruntime-cpu"]
@@ -75,7 +75,7 @@ def test_switching_controllers_keeps_one_trial_per_record(tmp_path: Path) -> Non
 
 
 def test_importing_autoprune_leaves_optunas_verbosity_alone() -> None:
-    code = "import optuna; v = optuna.logging.get_verbosity(); import autoprune.search.controllers, autoprune.search.executor; print(v == optuna.logging.get_verbosity())"
+    code = "import optuna; v = optuna.logging.get_verbosity(); import autoprune.engine.controllers, autoprune.engine.executor; print(v == optuna.logging.get_verbosity())"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "True"
 
 

@@ -61,7 +61,7 @@ def test_masks_survive_a_fine_tune_on_the_gpu(tiny_resnet_task):
 @needs_cuda
 def test_study_and_gradual_export_fine_tune_on_the_gpu_with_distillation(tmp_path):
     from autoprune.deploy.export import export_member
-    from autoprune.search.executor import run_study
+    from autoprune.engine.executor import run_study
 
     on_gpu = {"max_steps": 3, "batch_size": 32, "device": "cuda", "distill": {"weight": 0.5}}
     path = write_config(

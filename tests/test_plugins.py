@@ -15,7 +15,7 @@ PLUGIN = '''
 import torch_pruning as tp
 
 from autoprune.latency.backends.onnxruntime import OnnxRuntimeCPU
-from autoprune.search.controllers.baselines import UniformController
+from autoprune.engine.controllers.baselines import UniformController
 from autoprune.tasks import load_task
 
 
@@ -90,14 +90,14 @@ def test_a_config_names_plugin_entries(tmp_path: Path) -> None:
     assert [r["controller"] for r in records] == ["sweep", "sweep"] and all(r["state"] == "complete" for r in records)
     assert {c["granularity"] for r in records for c in r["plan"].values()} == {"plugin-channel"}
     assert {c["criterion"] for r in records for c in r["plan"].values()} == {"squares"}
-    check = "from autoprune.latency.backends import BACKENDS; from autoprune.search.controllers import CONTROLLERS; print(BACKENDS.names(), CONTROLLERS.names())"
+    check = "from autoprune.latency.backends import BACKENDS; from autoprune.engine.controllers import CONTROLLERS; print(BACKENDS.names(), CONTROLLERS.names())"
     listed = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=env, check=True).stdout
     assert "'other-onnx'" in listed and "'sweep'" in listed and "'broken'" not in listed
 
 
 def test_without_plugins_an_unknown_name_lists_the_builtin_ones(tmp_path: Path) -> None:
     from autoprune.core.errors import UnknownNameError
-    from autoprune.search.controllers import CONTROLLERS
+    from autoprune.engine.controllers import CONTROLLERS
 
     try:
         CONTROLLERS.get("sweep")

@@ -10,9 +10,9 @@ def test_common_batches_make_the_trial_number_irrelevant_and_a_seed_per_trial_do
     """Common random numbers: the same plan scores the same whatever its trial number; with
     ``common_batches: false`` the number seeds the fine-tune, and ``seed=`` overrides both."""
     from autoprune.core.config import load_config
+    from autoprune.engine.context import build_context
+    from autoprune.engine.trial import run_trial
     from autoprune.pruning.sampling import uniform_plans
-    from autoprune.search.context import build_context
-    from autoprune.search.trial import run_trial
 
     ctx = build_context(load_config(write_config(tmp_path, finetune={"epochs": 0.3, "batch_size": 32, "lr": 0.05})))
     plan = uniform_plans(ctx.space)[3]
@@ -31,9 +31,9 @@ def test_batchnorm_recalibration_is_reproducible_and_only_moves_statistics(tmp_p
     import torch
 
     from autoprune.core.config import load_config
+    from autoprune.engine.context import build_context
+    from autoprune.engine.trial import prune
     from autoprune.pruning.sampling import uniform_plans
-    from autoprune.search.context import build_context
-    from autoprune.search.trial import prune
     from autoprune.training.loop import recalibrate_batchnorm
 
     ctx = build_context(load_config(write_config(tmp_path)))

@@ -19,9 +19,9 @@ import pytest
 
 from autoprune.core.config import load_config
 from autoprune.core.records import COMPLETE, STOPPED
+from autoprune.engine.context import build_context
+from autoprune.engine.controllers.optuna_samplers import params_to_plan
 from autoprune.results.study import Study
-from autoprune.search.context import build_context
-from autoprune.search.controllers.optuna_samplers import params_to_plan
 from tests.conftest import write_config
 
 pytest.importorskip("ray")
@@ -171,7 +171,7 @@ CONTROLLER_OPTIONS = {
 #: stopping and storage tests below; tpe takes the same path) asks and tells in its Optuna study.
 @pytest.mark.parametrize("name", ["evolution", "rl", "nsga2"])
 def test_controllers_drive_a_study_through_tune(driver, tmp_path, name):
-    from autoprune.search.ray_executor import RayOptions, run_study_ray
+    from autoprune.engine.ray_executor import RayOptions, run_study_ray
 
     config = load_config(write_config(tmp_path, controller=name, controller_options=CONTROLLER_OPTIONS.get(name, {}), budget={"trials": 4}))
     records = run_study_ray(config, RayOptions(max_concurrent=2), progress=False, context=driver).records()
@@ -186,7 +186,7 @@ def test_controllers_drive_a_study_through_tune(driver, tmp_path, name):
 
 def test_a_trial_no_node_can_hold_is_a_clear_error(driver, tmp_path):
     from autoprune.core.errors import AutopruneError
-    from autoprune.search.ray_executor import RayOptions, run_study_ray
+    from autoprune.engine.ray_executor import RayOptions, run_study_ray
 
     config = load_config(write_config(tmp_path))
     with pytest.raises(AutopruneError, match="--gpus-per-trial 1: the Ray cluster has 0 GPUs"):
@@ -196,7 +196,7 @@ def test_a_trial_no_node_can_hold_is_a_clear_error(driver, tmp_path):
 
 
 def test_dominated_trials_are_stopped_by_the_tune_scheduler(driver, tmp_path):
-    from autoprune.search.ray_executor import RayOptions, run_study_ray
+    from autoprune.engine.ray_executor import RayOptions, run_study_ray
     from tests.test_stopping import seed_strong_trial
 
     config = load_config(write_config(tmp_path, budget={"trials": 3}, finetune={"epochs": 0.5, "batch_size": 64}, stopping={"rungs": [0.25, 0.5]}))
@@ -215,8 +215,8 @@ def test_controller_searcher_in_a_tune_experiment_of_ones_own(driver, tmp_path):
     import ray
     from ray import tune
 
-    from autoprune.search.executor import make_controller
-    from autoprune.search.tune_searcher import ControllerSearcher, trainable
+    from autoprune.engine.executor import make_controller
+    from autoprune.engine.tune_searcher import ControllerSearcher, trainable
 
     config = load_config(write_config(tmp_path, controller="nsga2", controller_options=CONTROLLER_OPTIONS["nsga2"]))
     controller = make_controller(config, driver.space, Study(config.study_dir))
@@ -236,7 +236,7 @@ def test_controller_searcher_in_a_tune_experiment_of_ones_own(driver, tmp_path):
 
 
 def test_optuna_search_keeps_the_study_in_postgres_and_resumes_from_it(driver, tmp_path, postgres_url):
-    from autoprune.search.ray_executor import RayOptions, run_study_ray
+    from autoprune.engine.ray_executor import RayOptions, run_study_ray
 
     def config(trials: int):
         return load_config(write_config(tmp_path, name="tiny-tune", budget={"trials": trials}), storage=postgres_url)

@@ -16,8 +16,8 @@ import yaml
 
 from autoprune.cli.main import main
 from autoprune.core.config import load_config
+from autoprune.engine.executor import run_study
 from autoprune.results.study import LOCK_FILE, Study, StudyLockedError, study_lock
-from autoprune.search.executor import run_study
 from tests.conftest import REPO, write_config
 
 
@@ -76,7 +76,7 @@ def test_lock_is_exclusive_in_one_process_and_a_failed_start_leaves_no_directory
 
 def test_ray_driver_takes_the_same_lock(tmp_path):
     pytest.importorskip("ray")
-    from autoprune.search.ray_executor import run_study_ray
+    from autoprune.engine.ray_executor import run_study_ray
 
     config = load_config(write_config(tmp_path))
     with study_lock(config.study_dir):
@@ -289,9 +289,9 @@ def test_table_cut_mid_row_loads_without_it_and_the_next_append_sets_it_aside(tm
 
 def test_a_trial_whose_latency_is_not_finite_fails_with_the_reason(tmp_path):
     from autoprune.core.plan import Plan
+    from autoprune.engine.context import build_context
+    from autoprune.engine.trial import run_trial
     from autoprune.latency.measured import LatencyEstimator
-    from autoprune.search.context import build_context
-    from autoprune.search.trial import run_trial
 
     class Broken(LatencyEstimator):
         method = "broken"

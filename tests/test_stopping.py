@@ -9,10 +9,9 @@ from autoprune.core.errors import ConfigError
 from autoprune.core.objectives import build_objectives
 from autoprune.core.plan import Plan
 from autoprune.core.records import COMPLETE, STOPPED, TrialResult
-from autoprune.results.study import Study
-from autoprune.search.context import build_context
-from autoprune.search.executor import run_study
-from autoprune.search.stopping import (
+from autoprune.engine.context import build_context
+from autoprune.engine.executor import run_study
+from autoprune.engine.stopping import (
     REPORTS_FILE,
     DominanceRule,
     Report,
@@ -21,7 +20,8 @@ from autoprune.search.stopping import (
     load_reports,
     rung_steps,
 )
-from autoprune.search.trial import run_trial
+from autoprune.engine.trial import run_trial
+from autoprune.results.study import Study
 from tests.conftest import write_config
 
 DEVICE = "latency_ms.onnxruntime-cpu"

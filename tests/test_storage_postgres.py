@@ -18,8 +18,8 @@ import pytest
 
 from autoprune.core.config import load_config
 from autoprune.core.records import COMPLETE
+from autoprune.engine.executor import run_study
 from autoprune.results.study import Study
-from autoprune.search.executor import run_study
 from tests.conftest import write_config
 
 pytest.importorskip("psycopg", reason="PostgreSQL storage needs psycopg 3 (pip install 'autoprune[postgres]')")

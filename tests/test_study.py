@@ -13,9 +13,9 @@ from autoprune.core.config import load_config
 from autoprune.core.errors import ConfigError
 from autoprune.core.records import TrialResult
 from autoprune.deploy.verify import with_measured_latency
+from autoprune.engine.executor import run_study
 from autoprune.results.front import front
 from autoprune.results.study import Study
-from autoprune.search.executor import run_study
 from tests.conftest import write_config
 
 
@@ -88,7 +88,7 @@ def test_killed_search_resumes_with_no_trial_lost_or_run_twice(tmp_path):
 def test_repeated_plan_is_not_evaluated_again_nor_counted(tmp_path, caplog):
     space = tmp_path / "space.yaml"
     space.write_text("rules:\n  - match: '*'\n    pruning_ratio: {low: 0.5, high: 0.5, step: 0.1}\n")
-    with caplog.at_level("WARNING", logger="autoprune.search.executor"):
+    with caplog.at_level("WARNING", logger="autoprune.engine.executor"):
         study = run_study(load_config(write_config(tmp_path, search_space=str(space), budget={"trials": 3})), progress=False)
     records = study.records()
     assert [(r.number, r.cached) for r in records] == [(0, False)]  # the one plan of the space, once

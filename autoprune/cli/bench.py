@@ -36,7 +36,7 @@ def run_controllers(args: argparse.Namespace) -> int:
 
     from autoprune.core.config import load_config
     from autoprune.core.errors import ConfigError
-    from autoprune.search.compare import (
+    from autoprune.engine.compare import (
         DEFAULT_CONTROLLERS,
         Reference,
         compare_controllers,

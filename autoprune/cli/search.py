@@ -28,8 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from autoprune.core.config import load_config
     from autoprune.core.errors import AutopruneError
     from autoprune.core.records import COMPLETE, FAILED
+    from autoprune.engine.executor import run_study
     from autoprune.results.front import front
-    from autoprune.search.executor import run_study
 
     overrides: dict = {}
     if args.study_dir:
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
         Study(config.study_dir).require()
     if args.backend == "ray":
-        from autoprune.search.ray_executor import RayOptions, run_study_ray
+        from autoprune.engine.ray_executor import RayOptions, run_study_ray
 
         options = RayOptions(args.address, args.max_concurrent, args.cpus_per_trial, args.gpus_per_trial, args.max_retries)
         study = run_study_ray(config, options, progress=not args.no_progress)

@@ -52,7 +52,7 @@ class ExportOptions(BaseModel):
 class Stopping(BaseModel):
     """Multi-fidelity stopping: a trial reports accuracy at intermediate fine-tune steps and is
     stopped when, at the same step, another trial beats it on every objective by a margin
-    (see :mod:`autoprune.search.stopping`)."""
+    (see :mod:`autoprune.engine.stopping`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -80,7 +80,7 @@ class Config(BaseModel):
     devices: list[str] = Field(default_factory=lambda: ["onnxruntime-cpu"], min_length=1, description="device profiles: the user's, else the shipped ones")
     latency: Literal["auto", "lut", "measured"] = Field("auto", description="lookup table when the device has one, else measure")
     objectives: list[str] = Field(default_factory=lambda: ["accuracy", "latency_ms"], min_length=2)
-    controller: str = Field("nsga2", description="a registered controller (checked when the search starts: see autoprune.search.controllers)")
+    controller: str = Field("nsga2", description="a registered controller (checked when the search starts: see autoprune.engine.controllers)")
     controller_options: dict[str, Any] = Field(default_factory=dict)
     budget: Budget = Budget()
     finetune: FinetuneRecipe = FinetuneRecipe()

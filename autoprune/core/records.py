@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from autoprune.core.plan import Plan
 
-#: Record states. A stopped trial was cut short by multi-fidelity stopping (see autoprune.search.stopping).
+#: Record states. A stopped trial was cut short by multi-fidelity stopping (see autoprune.engine.stopping).
 COMPLETE, FAILED, STOPPED = "complete", "failed", "stopped"
 
 

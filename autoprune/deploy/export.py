@@ -33,6 +33,8 @@ from autoprune.core.plan import Plan
 from autoprune.core.recipes import FinetuneRecipe
 from autoprune.core.records import TrialResult
 from autoprune.deploy.diagnostics import classifier_quality, compare
+from autoprune.engine.context import study_context
+from autoprune.engine.trial import TrialContext
 from autoprune.latency.backends import get_backend
 from autoprune.latency.devices import DeviceProfile, load_device
 from autoprune.latency.measured import batched, deployable
@@ -41,8 +43,6 @@ from autoprune.pruning.granularity import sparsity
 from autoprune.pruning.metrics import macs, nonzero_params
 from autoprune.results.front import front_limits, select_member
 from autoprune.results.study import Study
-from autoprune.search.context import study_context
-from autoprune.search.trial import TrialContext
 from autoprune.training.loop import finetune
 from autoprune.training.placement import resolve_device
 
@@ -131,7 +131,7 @@ class Exporter:
 
     study: Study
     recipe: Optional[FinetuneRecipe] = None
-    trust_task: bool = False  # import a ``module:function`` task the study names (see :func:`~autoprune.search.context.study_context`)
+    trust_task: bool = False  # import a ``module:function`` task the study names (see :func:`~autoprune.engine.context.study_context`)
     seed: Optional[int] = None
     _ctx: Optional[TrialContext] = None
     _tuned: dict[str, _Tuned] = field(default_factory=dict)

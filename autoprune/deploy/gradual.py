@@ -24,7 +24,7 @@ from autoprune.training.loop import finetune
 from autoprune.training.placement import resolve_device
 
 if TYPE_CHECKING:
-    from autoprune.search.trial import TrialContext
+    from autoprune.engine.trial import TrialContext
 
 
 def cubic_fractions(steps: int) -> list[float]:
@@ -66,7 +66,7 @@ def iterative_prune(
 
 def gradual_prune(ctx: "TrialContext", plan: Plan, schedule: IterativeSchedule, seed: int = 0) -> nn.Module:
     """The dense model of ``ctx`` pruned to ``plan`` by ``schedule``, with the study's distillation setting per step."""
-    from autoprune.search.trial import calibration
+    from autoprune.engine.trial import calibration
     from autoprune.training.distill import training_loss
 
     device = resolve_device(schedule.finetune.device)
@@ -89,7 +89,7 @@ def prune_for_export(ctx: "TrialContext", plan: Plan, iterative: Optional[Iterat
     then ``finetune(model, ..., training_loss(ctx.task, recipe.distill))``.
     """
     if iterative is None or iterative.steps <= 1:
-        from autoprune.search.trial import prune
+        from autoprune.engine.trial import prune
 
         return prune(ctx, plan)
     return gradual_prune(ctx, plan, iterative, seed)

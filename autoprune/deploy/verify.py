@@ -7,13 +7,13 @@ from pathlib import Path
 import pandas as pd
 
 from autoprune.core.plan import Plan
+from autoprune.engine.context import study_context
+from autoprune.engine.trial import prune
 from autoprune.latency.backends import get_backend
 from autoprune.latency.devices import load_device
 from autoprune.latency.measured import batched, deployable
 from autoprune.latency.timing import measure_interleaved
 from autoprune.results.study import Study
-from autoprune.search.context import study_context
-from autoprune.search.trial import prune
 
 
 def with_measured_latency(df: pd.DataFrame, study: Study, trust_task: bool = False) -> pd.DataFrame:
@@ -23,7 +23,7 @@ def with_measured_latency(df: pd.DataFrame, study: Study, trust_task: bool = Fal
     on the weights) and timed on the device's backend in interleaved rounds, into
     ``latency_ms_measured`` and ``speedup_measured``; a device that is not this machine gets
     NaN there (time it with ``autoprune export --remote``). Building the study's task imports a
-    ``module:function`` task only with ``trust_task`` (see :func:`autoprune.search.context.study_context`).
+    ``module:function`` task only with ``trust_task`` (see :func:`autoprune.engine.context.study_context`).
     """
 
     df = df.assign(latency_ms_measured=float("nan"), speedup_measured=float("nan"))

@@ -148,7 +148,7 @@ class Study:
         return pd.DataFrame(rows)
 
     def optuna_study(self) -> "optuna.Study":
-        """The study's Optuna study (every trial, whatever the controller; see :mod:`autoprune.search.optuna_study`)."""
+        """The study's Optuna study (every trial, whatever the controller; see :mod:`autoprune.engine.optuna_study`)."""
         import optuna
 
         config = self.require().config()

@@ -28,11 +28,11 @@ from autoprune.core.config import load_config
 from autoprune.core.objectives import Objective, build_objectives
 from autoprune.core.plan import Plan
 from autoprune.core.records import COMPLETE, FAILED, TrialResult
+from autoprune.engine.controllers import CONTROLLERS, Controller
 from autoprune.pruning.sampling import violations
 from autoprune.pruning.space import Rule, SearchSpace, UnitSpace
 from autoprune.pruning.units import prunable_units
 from autoprune.results.study import Study
-from autoprune.search.controllers import CONTROLLERS, Controller
 from autoprune.tasks.models import MODELS
 
 TOY_DEVICE = "toy-device"
@@ -239,7 +239,7 @@ class ControllerTestSuite:
 
     def test_runs_a_real_study_within_its_budget(self, study_config: Callable[..., Path]) -> None:
         """Through the local executor on a real model: exactly the budget, then a resume to a larger one."""
-        from autoprune.search.executor import run_study
+        from autoprune.engine.executor import run_study
 
         config = load_config(study_config(self.controller, self.options, 3))
         study = run_study(config, progress=False)
@@ -256,7 +256,7 @@ class ControllerTestSuite:
 
 def resolved_space(config_path: Path) -> dict[str, UnitSpace]:
     """The search space of a study config, bound to its task's model."""
-    from autoprune.search.context import build_context
+    from autoprune.engine.context import build_context
 
     return build_context(load_config(config_path)).space
 

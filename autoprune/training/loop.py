@@ -33,7 +33,7 @@ def finetune(
     ``after_step`` runs after every optimiser step (granularities use it to re-apply
     masks that are not parametrised). ``on_step(steps_done, model)`` runs after that and
     stops fine-tuning when it returns True (multi-fidelity stopping, see
-    :mod:`autoprune.search.stopping`). A NaN or infinite loss raises :class:`DivergedError`.
+    :mod:`autoprune.engine.stopping`). A NaN or infinite loss raises :class:`DivergedError`.
     """
     steps = recipe.steps(len(data))
     if steps == 0:

@@ -13,10 +13,10 @@ from typing import Callable, Iterable, Optional
 
 from autoprune.core.plan import Plan
 from autoprune.core.records import COMPLETE, TrialResult
+from autoprune.engine.controllers import Controller, Proposal
+from autoprune.engine.optuna_study import OptunaMirror
+from autoprune.engine.stopping import Report, append_reports
 from autoprune.results.study import Study
-from autoprune.search.controllers import Controller, Proposal
-from autoprune.search.optuna_study import OptunaMirror
-from autoprune.search.stopping import Report, append_reports
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Optuna samplers as controllers: NSGA-II (the default) and multi-objective TPE.
 
 The Optuna study lives in the study directory (SQLite by default, any Optuna storage URL
-otherwise), so ``optuna-dashboard`` opens it (see :mod:`autoprune.search.optuna_study`). The study's trial records stay the source of
+otherwise), so ``optuna-dashboard`` opens it (see :mod:`autoprune.engine.optuna_study`). The study's trial records stay the source of
 truth: on resume, trials a killed run left RUNNING are settled from the records (or
 failed and re-enqueued), and records from other controllers are added as finished trials.
 """
@@ -17,9 +17,8 @@ from autoprune.core.errors import ConfigError
 from autoprune.core.objectives import values
 from autoprune.core.plan import Plan
 from autoprune.core.records import COMPLETE, TrialResult
-from autoprune.pruning.sampling import warm_start_plans
-from autoprune.search.controllers.base import CONTROLLERS, Controller, Proposal
-from autoprune.search.optuna_study import (
+from autoprune.engine.controllers.base import CONTROLLERS, Controller, Proposal
+from autoprune.engine.optuna_study import (
     add_record,
     create_optuna_study,
     distributions,
@@ -30,6 +29,7 @@ from autoprune.search.optuna_study import (
     recorded_numbers,
     storage_url,
 )
+from autoprune.pruning.sampling import warm_start_plans
 
 __all__ = ["NSGA2Controller", "OptunaController", "TPEController", "distributions", "params_to_plan", "plan_to_params"]
 
@@ -109,7 +109,7 @@ def resume_seed(seed: int, trials: int) -> int:
 
 
 def _optuna_family(controller: str | None) -> bool:
-    from autoprune.search.controllers.base import CONTROLLERS
+    from autoprune.engine.controllers.base import CONTROLLERS
 
     return controller in CONTROLLERS and getattr(CONTROLLERS.get(controller), "uses_optuna_storage", False)
 

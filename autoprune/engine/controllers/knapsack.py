@@ -16,7 +16,7 @@ keeps for each target speedup the path plan that reaches it with the least impor
 removed.
 
 :class:`KnapsackController` proposes those plans first and then goes on as
-:class:`~autoprune.search.controllers.evolution.EvolutionController`, so the ladder is the warm
+:class:`~autoprune.engine.controllers.evolution.EvolutionController`, so the ladder is the warm
 start of an evolution that refines it.
 """
 from __future__ import annotations
@@ -28,11 +28,11 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from autoprune.core.plan import Plan, UnitChoice
+from autoprune.engine.controllers.base import CONTROLLERS
+from autoprune.engine.controllers.evolution import EvolutionController, _check
 from autoprune.pruning.granularity import kept_channels
 from autoprune.pruning.sampling import default_choice, ratio_grid, snap_ratio
 from autoprune.pruning.space import UnitSpace
-from autoprune.search.controllers.base import CONTROLLERS
-from autoprune.search.controllers.evolution import EvolutionController, _check
 
 log = logging.getLogger(__name__)
 

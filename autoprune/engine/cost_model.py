@@ -20,9 +20,9 @@ import numpy as np
 
 from autoprune.core.objectives import Objective
 from autoprune.core.plan import Plan
+from autoprune.engine.trial import TrialContext, calibration, prune
 from autoprune.pruning.granularity import unit_channel_scores
 from autoprune.pruning.metrics import macs, nonzero_params
-from autoprune.search.trial import TrialContext, calibration, prune
 
 #: What a controller is given: plan -> predicted value per cost label (``latency_ms.<device>``,
 #: ``params``, ``macs``); the labels a model cannot predict are absent.
@@ -72,7 +72,7 @@ class CostModel:
 
     def channel_importance(self, criteria: Mapping[str, str]) -> dict[str, np.ndarray]:
         """The dense model's per-channel scores of each unit under its criterion (unit -> criterion):
-        what a controller allocating latency weighs channels by (see :mod:`autoprune.search.controllers.knapsack`)."""
+        what a controller allocating latency weighs channels by (see :mod:`autoprune.engine.controllers.knapsack`)."""
         ctx = self.ctx
         scores = unit_channel_scores(ctx.task.model, ctx.units, ctx.task.example_input, criteria, calibration(ctx))
         return {name: s.numpy() for name, s in scores.items()}

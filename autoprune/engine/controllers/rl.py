@@ -21,11 +21,11 @@ from torch import nn
 from autoprune.core.errors import ConfigError
 from autoprune.core.plan import Plan, UnitChoice
 from autoprune.core.records import TrialResult
+from autoprune.engine.controllers.base import CONTROLLERS, Controller, Proposal
+from autoprune.engine.controllers.evolution import MAX_TRIES
+from autoprune.engine.controllers.selection import usable
 from autoprune.pruning.sampling import complete_plan, snap_ratio, warm_start_plans
 from autoprune.pruning.space import UnitSpace
-from autoprune.search.controllers.base import CONTROLLERS, Controller, Proposal
-from autoprune.search.controllers.evolution import MAX_TRIES
-from autoprune.search.controllers.selection import usable
 
 GOLDEN = (math.sqrt(5) - 1) / 2
 #: Noisier fitted rollouts tried when a fitted plan repeats an earlier one, before plain ones.
@@ -84,7 +84,7 @@ class RLController(Controller):
     So an untrained agent already proposes plans near the budget (uniform pruning plus
     noise) and learning decides which units give up more or fewer channels; this plays the
     part of AMC's action clipping, which keeps every episode within the constraint, without
-    needing a cost model of each layer. With a cost model (:mod:`autoprune.search.cost_model`,
+    needing a cost model of each layer. With a cost model (:mod:`autoprune.engine.cost_model`,
     passed by the executor when a device has a lookup table) the anchor is instead
     bisected per episode (``fit_steps`` halvings, about a tenth of a second of prediction
     each) to the least pruning whose plan is predicted within the budget, so every episode

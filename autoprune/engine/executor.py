@@ -18,21 +18,21 @@ from autoprune.core.config import Config
 from autoprune.core.errors import ConfigError
 from autoprune.core.objectives import build_objectives
 from autoprune.core.records import FAILED, STOPPED, TrialResult
-from autoprune.pruning.space import UnitSpace
-from autoprune.results.front import device_front
-from autoprune.results.study import Study, study_lock
-from autoprune.search.context import build_context, dense_baseline
-from autoprune.search.controllers import CONTROLLERS, Controller, Proposal
-from autoprune.search.controllers.base import option_names
-from autoprune.search.cost_model import CostModelFn, cost_model_for
-from autoprune.search.loop import TrialBook, run_loop
-from autoprune.search.optuna_study import OptunaMirror, storage_url
-from autoprune.search.stopping import (
+from autoprune.engine.context import build_context, dense_baseline
+from autoprune.engine.controllers import CONTROLLERS, Controller, Proposal
+from autoprune.engine.controllers.base import option_names
+from autoprune.engine.cost_model import CostModelFn, cost_model_for
+from autoprune.engine.loop import TrialBook, run_loop
+from autoprune.engine.optuna_study import OptunaMirror, storage_url
+from autoprune.engine.stopping import (
     DominanceRule,
     TrialMonitor,
     load_reports,
 )
-from autoprune.search.trial import TrialContext, run_trial
+from autoprune.engine.trial import TrialContext, run_trial
+from autoprune.pruning.space import UnitSpace
+from autoprune.results.front import device_front
+from autoprune.results.study import Study, study_lock
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def make_controller(
     """The config's controller, bound to the study's storage and objectives.
 
     With a trial ``context`` the controller also gets a cost model of it (predicted
-    latency per lookup-table device, params, MACs; see :mod:`autoprune.search.cost_model`),
+    latency per lookup-table device, params, MACs; see :mod:`autoprune.engine.cost_model`),
     unless ``cost_model`` is given.
     """
     check_controller(config)

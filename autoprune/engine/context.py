@@ -9,6 +9,7 @@ import torch
 
 from autoprune.core.config import Config
 from autoprune.core.errors import AutopruneError, ConfigError
+from autoprune.engine.trial import TrialContext
 from autoprune.latency.devices import DeviceProfile, load_device
 from autoprune.latency.lut import has_table, load_table
 from autoprune.latency.measured import checked_latencies
@@ -17,7 +18,6 @@ from autoprune.pruning.metrics import macs, nonzero_params
 from autoprune.pruning.space import SearchSpace
 from autoprune.pruning.structure import with_structure_units
 from autoprune.pruning.units import prunable_units
-from autoprune.search.trial import TrialContext
 from autoprune.tasks.base import load_task, task_function
 
 

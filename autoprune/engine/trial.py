@@ -32,7 +32,7 @@ from autoprune.training.placement import resolve_device
 
 
 class Monitor(Protocol):
-    """Watches a trial's fine-tune and may stop it (see :class:`autoprune.search.stopping.TrialMonitor`)."""
+    """Watches a trial's fine-tune and may stop it (see :class:`autoprune.engine.stopping.TrialMonitor`)."""
 
     stopped: bool
 

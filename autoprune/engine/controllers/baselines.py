@@ -7,9 +7,9 @@ import numpy as np
 
 from autoprune.core.errors import ConfigError
 from autoprune.core.records import TrialResult
+from autoprune.engine.controllers.base import CONTROLLERS, Controller, Proposal
 from autoprune.pruning.sampling import uniform_plans
 from autoprune.pruning.space import random_plan
-from autoprune.search.controllers.base import CONTROLLERS, Controller, Proposal
 
 
 @CONTROLLERS.register("random")

@@ -29,13 +29,13 @@ from autoprune.core.objectives import build_objectives
 from autoprune.core.pareto import hypervolume_2d, pareto_mask
 from autoprune.core.plan import Plan
 from autoprune.core.records import COMPLETE, TrialResult
+from autoprune.engine.controllers import Controller, Proposal
+from autoprune.engine.controllers.base import CONTROLLERS
+from autoprune.engine.cost_model import CostModelFn, cost_model_for
+from autoprune.engine.loop import TrialBook, run_loop
+from autoprune.engine.trial import TrialContext, run_trial
 from autoprune.latency.devices import cpu_model
 from autoprune.results.study import Study
-from autoprune.search.controllers import Controller, Proposal
-from autoprune.search.controllers.base import CONTROLLERS
-from autoprune.search.cost_model import CostModelFn, cost_model_for
-from autoprune.search.loop import TrialBook, run_loop
-from autoprune.search.trial import TrialContext, run_trial
 
 #: The order runs are made in: cheap baselines first (their plans warm-start the others).
 DEFAULT_CONTROLLERS = ("uniform", "random", "evolution", "knapsack", "rl", "nsga2", "tpe")
@@ -166,13 +166,13 @@ def run_controller(
     The controller gets ``cost_model``, or one built from ``ctx`` as the executors do
     (share one across runs so its predictions are made once).
 
-    The loop is the executors' (:func:`autoprune.search.loop.run_loop`): a plan the study has
+    The loop is the executors' (:func:`autoprune.engine.loop.run_loop`): a plan the study has
     evaluated is told again, not recorded. Each record's ``timings`` holds ``controller_s``
     (time in ask/tell/resume since the previous record) and, the first time the study meets a
     plan, that plan's evaluation times; ``cached`` marks records whose values came from
     another run's evaluation of the same plan.
     """
-    from autoprune.search.executor import make_controller
+    from autoprune.engine.executor import make_controller
 
     run_config = config.model_copy(
         update={
@@ -299,7 +299,7 @@ def compare_controllers(
     controller to its options (``config.controller_options`` apply to ``config.controller``).
     ``on_run`` is called with the comparison so far after every finished run.
     """
-    from autoprune.search.context import build_context, dense_baseline
+    from autoprune.engine.context import build_context, dense_baseline
 
     unknown = [c for c in controllers if c not in CONTROLLERS]
     if unknown:
@@ -376,7 +376,7 @@ def rescore(
     validation split): the best of many noisy scores is biased up, and this shows by how much.
     ``cache`` keeps these evaluations (it must not be the comparison's own cache).
     """
-    from autoprune.search.context import build_context
+    from autoprune.engine.context import build_context
 
     picked = best_plans(comparison, speedup)
     cache = cache if cache is not None else EvaluationCache(None)

@@ -1,6 +1,6 @@
 """The controller interface: ask for a plan, tell its result.
 
-Controllers only sample; :func:`autoprune.search.trial.run_trial` does the work. Every
+Controllers only sample; :func:`autoprune.engine.trial.run_trial` does the work. Every
 controller can be resumed from a study's records, so a study keeps its trials across
 runs and across a change of controller.
 """
@@ -30,7 +30,7 @@ class Controller(ABC):
     """Proposes plans from a bound search space and learns from their results.
 
     ``cost_model``, when given, maps a plan to its predicted costs by label
-    (``latency_ms.<device>``, ``params``, ``macs``; see :mod:`autoprune.search.cost_model`) in a
+    (``latency_ms.<device>``, ``params``, ``macs``; see :mod:`autoprune.engine.cost_model`) in a
     fraction of a trial's time. Hardware-aware controllers screen candidate plans with
     it; every controller works without one.
     """

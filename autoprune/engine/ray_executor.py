@@ -1,18 +1,18 @@
 """Run a study on a Ray cluster through Ray Tune: the same trial function, study directory
-and records as the local executor (:mod:`autoprune.search.executor`), each trial a Tune trial.
+and records as the local executor (:mod:`autoprune.engine.executor`), each trial a Tune trial.
 
 The driver (this process) runs the Tune experiment and owns the study. The search
 algorithm is the study's controller behind :class:`StudySearcher`, a
-:class:`~autoprune.search.tune_searcher.ControllerSearcher` that also keeps the study: as each
+:class:`~autoprune.engine.tune_searcher.ControllerSearcher` that also keeps the study: as each
 trial finishes it appends the record to ``trials.jsonl`` and tells the controller, so one
 process writes the study (SQLite allows no concurrent writers) and the records stay the
-source of truth. Workers only run :func:`autoprune.search.trial.run_trial` (through
-:func:`autoprune.search.tune_searcher.trainable`) and report the record.
+source of truth. Workers only run :func:`autoprune.engine.trial.run_trial` (through
+:func:`autoprune.engine.tune_searcher.trainable`) and report the record.
 
 Ray Tune does the distributed part: placing trials by resources, retrying a trial whose
 worker process or node died (``FailureConfig(max_failures)``), moving the dense model and
 data to the workers once (``tune.with_parameters``), and stopping trials on the
-:class:`DominanceScheduler`'s word (multi-objective stopping, :mod:`autoprune.search.stopping`).
+:class:`DominanceScheduler`'s word (multi-objective stopping, :mod:`autoprune.engine.stopping`).
 A killed driver is resumed from the records: a fresh Tune experiment runs the remaining
 budget with the controller rebuilt from them.
 """
@@ -40,19 +40,17 @@ from autoprune.core.errors import AutopruneError
 from autoprune.core.objectives import build_objectives
 from autoprune.core.plan import Plan
 from autoprune.core.records import FAILED, STOPPED, TrialResult
-from autoprune.results.front import device_front
-from autoprune.results.study import Study
-from autoprune.search.controllers import Controller
-from autoprune.search.executor import budget_left, open_study, optuna_mirror
-from autoprune.search.loop import Tell, TrialBook
-from autoprune.search.optuna_study import OptunaMirror
-from autoprune.search.stopping import (
+from autoprune.engine.controllers import Controller
+from autoprune.engine.executor import budget_left, open_study, optuna_mirror
+from autoprune.engine.loop import Tell, TrialBook
+from autoprune.engine.optuna_study import OptunaMirror
+from autoprune.engine.stopping import (
     DominanceRule,
     Report,
     load_reports,
 )
-from autoprune.search.trial import TrialContext
-from autoprune.search.tune_searcher import (
+from autoprune.engine.trial import TrialContext
+from autoprune.engine.tune_searcher import (
     RECORD,
     RUNG,
     ControllerSearcher,
@@ -60,6 +58,8 @@ from autoprune.search.tune_searcher import (
     record_from_result,
     trainable,
 )
+from autoprune.results.front import device_front
+from autoprune.results.study import Study
 
 #: Tune's experiment folders of a study, one per run of the driver (the records stay the truth).
 TUNE_DIR = "tune"
@@ -137,7 +137,7 @@ def free_numbers(used: set[int]) -> Iterator[int]:
 
 class DominanceScheduler(FIFOScheduler):
     """Multi-objective stopping as a Tune scheduler: a trial reporting a rung is stopped when
-    another trial dominates it there by the margins (:class:`~autoprune.search.stopping.DominanceRule`).
+    another trial dominates it there by the margins (:class:`~autoprune.engine.stopping.DominanceRule`).
 
     Tune's own schedulers (ASHA, median stopping) rank trials on one metric and would stop
     fast but less accurate candidates that belong on the front. The reports of each running
@@ -171,7 +171,7 @@ class DominanceScheduler(FIFOScheduler):
 
 class StudySearcher(Searcher):
     """The search algorithm of a study on Tune: wraps the controller's
-    :class:`~autoprune.search.tune_searcher.ControllerSearcher` (for every controller: the Optuna
+    :class:`~autoprune.engine.tune_searcher.ControllerSearcher` (for every controller: the Optuna
     samplers ask and tell in the study's Optuna study themselves) and keeps the study. It
     numbers trials, reuses the record of a plan evaluated before, spends the config's budget,
     and writes each record (with its rung reports) to the study directory as the trial

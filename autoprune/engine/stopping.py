@@ -7,7 +7,7 @@ another trial dominates it by a margin: at least ``accuracy_margin`` more accura
 worse on every other objective (at least ``latency_margin`` faster on every device).
 
 The rule is plain data (:class:`DominanceRule`), the per-trial hook is :class:`TrialMonitor`
-(it plugs into :func:`autoprune.search.trial.run_trial`), and the reports of finished trials are
+(it plugs into :func:`autoprune.engine.trial.run_trial`), and the reports of finished trials are
 kept in the study directory (``reports.jsonl``, written by the driver only) so a resumed
 study stops trials exactly as before.
 """
@@ -26,7 +26,7 @@ from torch import nn
 from autoprune.core.config import Stopping
 from autoprune.core.objectives import Objective
 from autoprune.core.records import TrialResult
-from autoprune.search.trial import TrialContext
+from autoprune.engine.trial import TrialContext
 
 REPORTS_FILE = "reports.jsonl"
 

@@ -7,7 +7,7 @@ rules for ever. Here the tournament ranks plans as NSGA-II does (Deb et al., 200
 non-dominated front, then by crowding distance, which spreads the population along the
 accuracy-latency front instead of collapsing onto one point.
 
-With a cost model (:mod:`autoprune.search.cost_model`) the controller is hardware-aware: most
+With a cost model (:mod:`autoprune.engine.cost_model`) the controller is hardware-aware: most
 children aim at a target speedup. Several candidate children are made from parents that
 already meet the target, their costs are predicted (a fraction of a trial's time), and the
 one inside the target band that keeps the most parameters is proposed, following the
@@ -23,6 +23,13 @@ import numpy as np
 from autoprune.core.errors import ConfigError
 from autoprune.core.plan import Plan, UnitChoice
 from autoprune.core.records import TrialResult
+from autoprune.engine.controllers.base import CONTROLLERS, Controller, Proposal
+from autoprune.engine.controllers.selection import (
+    crowding_distances,
+    minimised,
+    nondominated_ranks,
+    usable,
+)
 from autoprune.pruning.sampling import (
     complete_plan,
     grid_index,
@@ -32,13 +39,6 @@ from autoprune.pruning.sampling import (
     warm_start_plans,
 )
 from autoprune.pruning.space import UnitSpace, random_plan
-from autoprune.search.controllers.base import CONTROLLERS, Controller, Proposal
-from autoprune.search.controllers.selection import (
-    crowding_distances,
-    minimised,
-    nondominated_ranks,
-    usable,
-)
 
 #: Tries at making a child no trial has evaluated yet before accepting a repeat.
 MAX_TRIES = 32

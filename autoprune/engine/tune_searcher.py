@@ -1,14 +1,14 @@
 """autoprune on Ray Tune: any controller as a Tune search algorithm, and the trial as a Tune
 function trainable.
 
-:class:`ControllerSearcher` wraps a registered :class:`~autoprune.search.controllers.Controller`:
+:class:`ControllerSearcher` wraps a registered :class:`~autoprune.engine.controllers.Controller`:
 ``suggest`` asks it for a plan, ``on_trial_complete`` tells it the trial's record. The
-trainable :func:`trainable` runs :func:`autoprune.search.trial.run_trial` on the config the
+trainable :func:`trainable` runs :func:`autoprune.engine.trial.run_trial` on the config the
 searcher suggested (``{"plan": ..., "number": ...}``) and reports the record. Both work in
 a Tune experiment of your own::
 
     from ray import tune
-    from autoprune.search.tune_searcher import ControllerSearcher, trainable
+    from autoprune.engine.tune_searcher import ControllerSearcher, trainable
 
     searcher = ControllerSearcher(controller, max_trials=64)
     tuner = tune.Tuner(
@@ -18,7 +18,7 @@ a Tune experiment of your own::
     tuner.fit()
     searcher.records  # one TrialResult per trial, in the order they finished
 
-``autoprune search --backend ray`` (:mod:`autoprune.search.ray_executor`) runs the same trainable
+``autoprune search --backend ray`` (:mod:`autoprune.engine.ray_executor`) runs the same trainable
 with this searcher (for every controller, the Optuna samplers included) inside a searcher that
 keeps the study directory, and adds resume and multi-fidelity stopping.
 """
@@ -38,9 +38,9 @@ from ray.tune.search import Searcher
 from autoprune.core.objectives import Objective
 from autoprune.core.plan import Plan
 from autoprune.core.records import FAILED, STOPPED, TrialResult
-from autoprune.search.controllers import Controller, Proposal
-from autoprune.search.stopping import Report, TrialMonitor
-from autoprune.search.trial import TrialContext, run_trial
+from autoprune.engine.controllers import Controller, Proposal
+from autoprune.engine.stopping import Report, TrialMonitor
+from autoprune.engine.trial import TrialContext, run_trial
 
 #: Keys of what the trainable reports: the trial's record (as JSON, so Tune does not flatten
 #: it), and at a rung, the rung's report and the record the trial has if it is stopped there.
@@ -153,7 +153,7 @@ class ControllerSearcher(Searcher):
 
     ``suggest`` asks the controller and returns ``{"plan": plan.to_dict(), "number": n}``;
     ``on_trial_complete`` turns the trial's last result into a
-    :class:`~autoprune.search.trial.TrialResult` (see :func:`trainable`), tells the controller and
+    :class:`~autoprune.engine.trial.TrialResult` (see :func:`trainable`), tells the controller and
     keeps it in :attr:`records`. After ``max_trials`` suggestions it returns
     ``Searcher.FINISHED``, so ``num_samples=-1`` runs exactly that many. Use with
     ``max_concurrent_trials`` (or a ``ConcurrencyLimiter``) for the trials in flight.
