@@ -11,11 +11,11 @@ import yaml
 import autoprune
 from autoprune.core.config import Budget
 from autoprune.core.errors import AutopruneError, ConfigError
-from tests.conftest import heavy_space, write_config
+from tests.conftest import PRUNABLE_TASK, heavy_space, write_config
 
 
 def test_search_front_export_and_load_study(tmp_path: Path) -> None:
-    config = yaml.safe_load(write_config(tmp_path, budget={"trials": 2}, search_space=str(heavy_space(tmp_path))).read_text())
+    config = yaml.safe_load(write_config(tmp_path, budget={"trials": 2}, task_options=PRUNABLE_TASK, search_space=str(heavy_space(tmp_path))).read_text())
     study = autoprune.search(config)
     assert isinstance(study, autoprune.Study) and study.path == tmp_path / "study"
     assert len(study.records()) == 2

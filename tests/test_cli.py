@@ -5,7 +5,7 @@ import sys
 
 import onnxruntime as ort
 
-from tests.conftest import heavy_space, write_config
+from tests.conftest import PRUNABLE_TASK, heavy_space, write_config
 
 
 def cli(*args, check=True):
@@ -15,7 +15,7 @@ def cli(*args, check=True):
 
 
 def test_three_trial_search_then_front_export_report(tmp_path):
-    config = write_config(tmp_path, search_space=str(heavy_space(tmp_path)))
+    config = write_config(tmp_path, task_options=PRUNABLE_TASK, search_space=str(heavy_space(tmp_path)))
     out = cli("search", config, "--no-progress")
     assert "Pareto front of tiny (3 trials" in out.stdout
     study = tmp_path / "study"
@@ -41,7 +41,7 @@ def test_three_trial_search_then_front_export_report(tmp_path):
 
 
 def test_unmeetable_export_constraint_is_one_clear_line(tmp_path):
-    config = write_config(tmp_path, budget={"trials": 2}, search_space=str(heavy_space(tmp_path)))
+    config = write_config(tmp_path, budget={"trials": 2}, task_options=PRUNABLE_TASK, search_space=str(heavy_space(tmp_path)))
     cli("search", config, "--no-progress")
     bad = cli("export", tmp_path / "study", "--device", "onnxruntime-cpu", "--max-latency-ms", "1e-9", check=False)
     assert bad.returncode == 2

@@ -22,7 +22,7 @@ from autoprune.latency.measured import deployable
 from autoprune.pruning.apply import apply_plan
 from autoprune.pruning.units import prunable_units
 from autoprune.results.front import select_member
-from tests.conftest import write_config
+from tests.conftest import PRUNABLE_TASK, heavy_space, write_config
 
 
 def _record(number: int, accuracy: float, latency: dict, state: str = COMPLETE) -> TrialResult:
@@ -180,12 +180,10 @@ def two_device_study(tmp_path_factory):
 
     gradual = {"steps": 2, "finetune": {"max_steps": 2, "batch_size": 32}}
     tmp = tmp_path_factory.mktemp("study")
-    # heavily pruned plans only: the front holds trials measured faster than the dense
-    # model, and this tiny model's latency (about 0.015 ms) is mostly per-call overhead
-    space = tmp / "space.yaml"
-    space.write_text("rules:\n  - match: '*'\n    pruning_ratio: {low: 0.75, high: 0.8, step: 0.05}\nprotect: [stem, classifier]\n")
+    # the front holds trials measured faster than the dense model: heavily pruned plans of a model pruning speeds up
     config = write_config(
-        tmp, devices=["onnxruntime-cpu", "tflite"], search_space=str(space), budget={"trials": 6}, export={"finetune": {"epochs": 0.5}, "iterative": gradual}
+        tmp, devices=["onnxruntime-cpu", "tflite"], task_options=PRUNABLE_TASK, search_space=str(heavy_space(tmp)), budget={"trials": 6},
+        export={"finetune": {"epochs": 0.5}, "iterative": gradual},
     )
     return run_study(load_config(config), progress=False)
 

@@ -208,11 +208,13 @@ def test_the_wheel_installs_and_runs_a_study_from_an_empty_directory(tmp_path: P
     where = subprocess.run([str(python), "-c", "import autoprune; print(autoprune.__file__)"], cwd=work, env=env, capture_output=True, text=True, check=True).stdout
     assert where.startswith(str(tmp_path / "venv")), where
     config = {
-        "name": "wheel", "task": "digits", "task_options": {"model": "resnet-tiny", "epochs": 3},
+        "name": "wheel", "task": "digits", "task_options": {"model": "resnet", "epochs": 3},
         "search_space": "cnn_channel_aligned", "devices": ["onnxruntime-cpu"], "latency": "auto",
-        "controller": "nsga2", "controller_options": {"population_size": 4}, "budget": {"trials": 2},
+        "controller": "nsga2", "controller_options": {"population_size": 4, "warm_start": 2}, "budget": {"trials": 2},
         "finetune": {"epochs": 0.2, "batch_size": 64}, "export": {"finetune": {"epochs": 0.2, "batch_size": 64}}, "study_dir": "study",
     }
+    # warm start: the least and the most pruned uniform plans of a model that pruning makes
+    # faster, so that the front (trials faster than the dense model) holds a member
     (work / "study.yaml").write_text(yaml.safe_dump(config))
     run("search", "study.yaml", "--no-progress")
     assert "accuracy" in run("front", "study", "--format", "csv").splitlines()[0]

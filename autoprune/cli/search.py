@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     records = study.records()
     table = front(study)
     print(f"Pareto front of {config.name} ({len(records)} trials, study in {study.path}):")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}") if len(table) else "(empty: no complete trial)")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}") if len(table) else "(empty: no complete trial is faster than the dense model and above the accuracy floor)")
     if records and not any(r.state == COMPLETE for r in records):
         failed = [r for r in records if r.state == FAILED]
         reason = f"; the first error: {failed[0].error.splitlines()[-1]}" if failed and failed[0].error else ""

@@ -12,7 +12,7 @@ from autoprune.core.errors import AutopruneError, ConfigError
 from autoprune.engine.trial import TrialContext
 from autoprune.latency.devices import DeviceProfile, load_device
 from autoprune.latency.lut import has_table, load_table
-from autoprune.latency.measured import checked_latencies
+from autoprune.latency.measured import MeasuredLatency, checked_latencies
 from autoprune.latency.policy import estimator_for
 from autoprune.pruning.metrics import macs, nonzero_params
 from autoprune.pruning.space import SearchSpace
@@ -71,6 +71,9 @@ def build_context(config: Config) -> TrialContext:
     units = with_structure_units(task.model, task.example_input, prunable_units(task.model, task.example_input, space.protect), space.protect)
     bound = space.resolve(units)
     estimators = {name: estimator_for(device, config.latency, task.model, task.example_input) for name, device in devices.items()}
+    for estimator in estimators.values():
+        if isinstance(estimator, MeasuredLatency):
+            estimator.set_reference(task.model)  # candidates timed beside the dense model
     return TrialContext(task, {u.name: u for u in units if u.name in bound}, bound, estimators, config.finetune, config.seed)
 
 
