@@ -34,6 +34,7 @@ from autoprune.latency.lut.measure import (
     measure_relative,
     model_writer,
 )
+from autoprune.latency.lut.plans import range_plans
 from autoprune.latency.measured import batched, checked_latencies, deployable
 from autoprune.latency.timing import FileMeasurer
 from autoprune.pruning.apply import apply_plan
@@ -167,17 +168,6 @@ def plot(result: Validation, path: Path) -> Path:
     return path
 
 
-def validation_plans(space: Mapping[str, UnitSpace], n: int, seed: int) -> list[tuple[str, Any]]:
-    """The uniform plan at every ratio of the space, the mixed corners, and ``n`` random plans."""
-    from autoprune.latency.lut.plans import corner_plans
-    from autoprune.pruning.sampling import uniform_plans
-    from autoprune.pruning.space import random_plan
-
-    rng = np.random.default_rng(seed)
-    uniform = [(f"uniform-{p.mean_ratio():.2f}", p) for p in uniform_plans(space)]
-    return uniform + corner_plans(space) + [(f"random-{i}", random_plan(space, rng)) for i in range(n)]
-
-
 def validate(
     device: DeviceProfile,
     model: nn.Module,
@@ -194,7 +184,7 @@ def validate(
     time_cap_s: float = 300.0,
     on_rounds: Optional[RoundsProgress] = None,
 ) -> Validation:
-    """Predict the plans of :func:`validation_plans` from the table and measure each twice on
+    """Predict the plans of :func:`autoprune.latency.lut.plans.range_plans` from the table and measure each twice on
     the device (locally beside the dense model, in rounds until every ratio is within 1.5% or
     ``time_cap_s`` per pass; remotely file by file in ``rounds`` rounds).
 
@@ -205,7 +195,7 @@ def validate(
 
     estimator = estimator or LUTEstimator(device, read_only=True)
     multiples = {name: us.rule.channel_multiple for name, us in space.items()}
-    labelled = validation_plans(space, n, seed)
+    labelled = range_plans(space, n, seed)
     plans = [p if data is not None else without_gradients(p) for _, p in labelled]
     say = progress or (lambda _msg: None)
     say(f"pruning and predicting {len(plans)} candidates ({n} random, the rest uniform and corners)")
