@@ -20,4 +20,4 @@ demo: env
 	$(BIN)/autoprune front runs/digits-demo --measure
 
 test: env
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20

@@ -19,7 +19,7 @@ from autoprune.deploy.diagnostics import (
     per_class_accuracy,
     worst_class_drop,
 )
-from tests.conftest import write_config
+from tests.conftest import PRUNABLE_TASK, heavy_space, write_config
 
 
 def calibrated_toy() -> tuple[nn.Module, TensorDataset]:
@@ -104,7 +104,10 @@ def test_model_card_and_report_carry_the_diagnostics(tmp_path):
     from autoprune.engine.executor import run_study
     from autoprune.results.report import write_report
 
-    config = write_config(tmp_path, budget={"trials": 2}, export={"finetune": {"epochs": 0.2}, "max_class_drop": 0.001})
+    config = write_config(
+        tmp_path, budget={"trials": 2}, task_options=PRUNABLE_TASK, search_space=str(heavy_space(tmp_path)),
+        export={"finetune": {"epochs": 0.2}, "max_class_drop": 0.001},
+    )
     study = run_study(load_config(config), progress=False)
     card = export_member(study.path, "onnxruntime-cpu")
     assert json.loads((study.path / "exports" / "onnxruntime-cpu" / "model_card.json").read_text()) == card

@@ -9,7 +9,7 @@ from autoprune.core.config import load_config
 from autoprune.core.errors import AutopruneError
 from autoprune.core.recipes import FinetuneRecipe
 from autoprune.training.placement import model_device, resolve_device, to_device
-from tests.conftest import REPO, write_config
+from tests.conftest import PRUNABLE_TASK, REPO, heavy_space, write_config
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: torch.cuda.is_available() is False")
 
@@ -67,6 +67,8 @@ def test_study_and_gradual_export_fine_tune_on_the_gpu_with_distillation(tmp_pat
     path = write_config(
         tmp_path,
         budget={"trials": 2},
+        task_options=PRUNABLE_TASK,
+        search_space=str(heavy_space(tmp_path)),
         finetune=on_gpu,
         export={"finetune": on_gpu, "iterative": {"steps": 2, "finetune": on_gpu}},
     )
