@@ -73,13 +73,32 @@ def test_executor_gives_the_controller_a_cost_model(lut_context, tmp_path: Path)
     assert 0 < controller.predicted_fraction(uniform_plans(ctx.space)[-1]) < 10
 
 
-def test_no_cost_model_for_measured_latency_only(tmp_path: Path):
+def test_a_measured_device_is_screened_by_its_table(lut_context, tmp_path: Path):
+    from autoprune.engine.trial import prune
+    from autoprune.latency.lut import LUTEstimator
+
     config = load_config(write_config(tmp_path, latency="measured"))
     ctx = build_context(config)
-    assert cost_model_for(ctx, build_objectives(config.objectives, config.devices)) is None
-    assert make_controller(config, ctx.space, Study(tmp_path / "s"), ctx).cost_model is None
-    with_params = build_objectives(["accuracy", "latency_ms", "params"], config.devices)
-    assert cost_model_for(ctx, with_params).labels == ["params", "macs"]
+    assert ctx.estimators["onnxruntime-cpu"].method == "measured"
+    model = cost_model_for(ctx, build_objectives(config.objectives, config.devices))
+    assert model.screens == {"onnxruntime-cpu": "table"} and model.labels == ["latency_ms.onnxruntime-cpu", "params", "macs"]
+    plan = uniform_plans(ctx.space)[4]
+    table = LUTEstimator(ctx.estimators["onnxruntime-cpu"].device)
+    assert model(plan)["latency_ms.onnxruntime-cpu"] == pytest.approx(table.latency_ms(prune(ctx, plan), ctx.task.example_input))
+    controller = make_controller(config, ctx.space, Study(tmp_path / "s"), ctx)
+    assert controller.has_cost_model and controller.predicted_fraction(uniform_plans(ctx.space)[-1]) < 1
+
+
+def test_a_measured_device_without_a_table_is_screened_by_macs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    (tmp_path / "profiles" / "onnxruntime-cpu").mkdir(parents=True)
+    shutil.copy(REPO / "device_profiles" / "onnxruntime-cpu" / "device.yaml", tmp_path / "profiles" / "onnxruntime-cpu" / "device.yaml")
+    monkeypatch.setenv("AUTOPRUNE_PROFILES", str(tmp_path / "profiles"))
+    config = load_config(write_config(tmp_path, latency="auto"))
+    ctx = build_context(config)
+    model = cost_model_for(ctx, build_objectives(config.objectives, config.devices))
+    assert ctx.estimators["onnxruntime-cpu"].method == "measured" and model.screens == {"onnxruntime-cpu": "macs"}
+    costs = model(uniform_plans(ctx.space)[-1])
+    assert costs["latency_ms.onnxruntime-cpu"] == pytest.approx(costs["macs"] / 1e6) and costs["macs"] < model.dense["macs"]
 
 
 def test_evolution_with_a_real_cost_model_aims_at_the_target(lut_context):

@@ -7,22 +7,31 @@ therefore try many candidate plans at ask time and propose the one that fills a 
 target with the least pruning (as OFA, HAT and APQ do with latency predictors, and as AMC
 does by clipping actions to a resource budget).
 
-Predictions are cached by plan key. Devices whose latency is measured are left out: a
-measurement is as costly as the trial's own and noisy under load. The cost model is a
-tool of the controller only; nothing it computes goes into the study's records.
+Predictions are cached by plan key. A device whose latency the study measures (its table
+does not hold on this machine, or it has none) is not measured here, which would cost as
+much as the trial and be noisy under load; it is *screened* instead: with its table when it
+has one that can describe the model (a table off by 20% in absolute terms still ranks plans
+mostly right), else in proportion to the plan's MACs. A controller thus stays
+hardware-aware when a study measures. The cost model is a tool of the controller only;
+nothing it computes goes into the study's records.
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from autoprune.core.errors import AutopruneError
 from autoprune.core.objectives import Objective
 from autoprune.core.plan import Plan
 from autoprune.engine.trial import TrialContext, calibration, prune
+from autoprune.latency.measured import LatencyEstimator
 from autoprune.pruning.granularity import unit_channel_scores
 from autoprune.pruning.metrics import macs, nonzero_params
+
+log = logging.getLogger(__name__)
 
 #: What a controller is given: plan -> predicted value per cost label (``latency_ms.<device>``,
 #: ``params``, ``macs``); the labels a model cannot predict are absent.
@@ -30,17 +39,24 @@ CostModelFn = Callable[[Plan], Mapping[str, float]]
 
 
 class CostModel:
-    """Predicted ``latency_ms.<device>`` (lookup-table devices only), ``params`` and ``macs`` of a plan.
+    """Predicted ``latency_ms.<device>``, ``params`` and ``macs`` of a plan.
 
     ``dense`` holds the same numbers for the unpruned model, so a controller can speak in
-    speedups or cost fractions. ``calls``, ``hits`` and ``seconds`` count the predictions
-    made, answered from the cache, and the time spent.
+    speedups or cost fractions. ``screens`` says how each device's latency is predicted:
+    ``lut`` (the study's own table), ``table`` (the table screening for a measured device)
+    or ``macs`` (MACs in millions standing in for milliseconds: only ratios between plans
+    mean something). ``calls``, ``hits`` and ``seconds`` count the predictions made,
+    answered from the cache, and the time spent.
     """
 
     def __init__(self, ctx: TrialContext, devices: Optional[Sequence[str]] = None) -> None:
         self.ctx = ctx
-        names = list(ctx.estimators) if devices is None else [d for d in devices if d in ctx.estimators]
-        self.devices = [d for d in names if ctx.estimators[d].method != "measured"]
+        self.devices = list(ctx.estimators) if devices is None else [d for d in devices if d in ctx.estimators]
+        self._estimators = {d: screening_estimator(ctx, d) for d in self.devices}
+        self.screens = {d: "macs" if e is None else ("lut" if e is ctx.estimators[d] else "table") for d, e in self._estimators.items()}
+        for device, how in self.screens.items():
+            if how != "lut":
+                log.info("device %r: latency is measured for the records; the controller screens plans by %s", device, "its table" if how == "table" else "MACs")
         self._cache: dict[str, dict[str, float]] = {}
         self._dense: Optional[dict[str, float]] = None
         self.calls = self.hits = 0
@@ -79,17 +95,37 @@ class CostModel:
 
     def _predict(self, model) -> dict[str, float]:
         x = self.ctx.task.example_input
-        out = {f"latency_ms.{d}": float(self.ctx.estimators[d].latency_ms(model, x)) for d in self.devices}
-        out["params"] = float(nonzero_params(model))
-        out["macs"] = float(macs(model, x))
+        out = {"params": float(nonzero_params(model)), "macs": float(macs(model, x))}
+        for d, estimator in self._estimators.items():
+            out[f"latency_ms.{d}"] = out["macs"] / 1e6 if estimator is None else float(estimator.latency_ms(model, x))
         return out
+
+
+def screening_estimator(ctx: TrialContext, device: str) -> Optional[LatencyEstimator]:
+    """What predicts ``device``'s latency for the controller: the study's estimator when it is
+    a table; for a measured device its table, read-only and never measuring, when it can
+    describe the dense model; else None (MACs stand in)."""
+    estimator = ctx.estimators[device]
+    if estimator.method != "measured":
+        return estimator
+    try:
+        from autoprune.latency.lut import LUTEstimator, has_table
+        from autoprune.latency.lut.table import load_table
+
+        if not has_table(estimator.device):
+            return None
+        table = LUTEstimator(estimator.device, load_table(estimator.device, check_versions=False), measure_missing=False, read_only=True)
+        table.latency_ms(ctx.task.model, ctx.task.example_input)
+        return table
+    except (AutopruneError, ImportError, OSError, ValueError) as err:
+        log.debug("device %r: its table cannot screen this model (%s)", device, err)
+        return None
 
 
 def cost_model_for(ctx: TrialContext, objectives: Sequence[Objective]) -> Optional[CostModel]:
     """The cost model for a study's controller, or None when none of its cost objectives can be predicted.
 
-    Latency objectives need a lookup-table estimator on their device; ``params`` and
-    ``macs`` objectives are always predictable.
+    Every cost objective is predictable: latency by the device's table or, failing one, by MACs.
     """
     devices = [o.device for o in objectives if o.device is not None]
     model = CostModel(ctx, devices)
