@@ -214,8 +214,31 @@ def test_knapsack_keeps_the_important_channels_the_uniform_plan_drops():
     assert ratios[precious] <= min(ratios[n] for n in space if n != precious)
 
 
+def test_knapsack_moves_a_unit_one_saving_step_at_a_time():
+    """A unit whose saving grows faster than its importance lost (the shape of a residual
+    stream coupling many layers) is not stripped to its last ratio in one move: every move
+    goes to the unit's next ratio that saves anything."""
+    from autoprune.engine.controllers.knapsack import allocation_path, unit_ratios
+    from autoprune.testing.controllers import ToyCostModel
+
+    space = {n: us for n, us in toy_space().items() if us.rule.pruning_ratio.step is not None}
+    cost = ToyCostModel(space)
+    stream = sorted(space)[0]
+
+    def speedup(plan):
+        base = cost.dense[f"latency_ms.{TOY_DEVICE}"] / cost(plan)[f"latency_ms.{TOY_DEVICE}"]
+        r = dict((n, c.pruning_ratio) for n, c in plan)[stream]
+        return base * (1 + 4 * r**3)  # convex: the last steps of the stream save the most
+
+    path = allocation_path(space, speedup)
+    grids = {n: unit_ratios(space[n]) for n in space}
+    for before, after in zip(path, path[1:]):
+        moved = [(n, c.pruning_ratio, dict(before.plan)[n].pruning_ratio) for n, c in after.plan if c.pruning_ratio != dict(before.plan)[n].pruning_ratio]
+        ((name, new, old),) = moved
+        assert grids[name].index(new) == grids[name].index(old) + 1, (name, old, new)
+
+
 def test_knapsack_resumes_past_the_ladder_plans_already_evaluated(tmp_path: Path):
-    from autoprune.results.study import Study
     from autoprune.testing.controllers import ToyCostModel
 
     space = toy_space()

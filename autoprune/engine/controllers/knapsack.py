@@ -8,8 +8,10 @@ ONNX Runtime's blocked kernels shows up as a step that saves nothing or costs ti
 
 :func:`allocation_path` walks from the dense plan to the most pruned one, each step moving
 the one unit whose next ratio buys the most predicted saving per unit of importance lost
-(a greedy knapsack over each unit's ratio grid, allowed to jump over ratios that save
-nothing, which alignment makes common; when no move saves on its own, the least damaging
+(a greedy knapsack over each unit's ratio grid: a unit's move is to its next ratio that
+saves anything, jumping over ratios that save nothing, which alignment makes common, but
+never past one that does, so a unit whose savings grow faster than its loss is still
+pruned a step at a time and stays comparable with the others; when no move saves on its own, the least damaging
 step is taken, so the path always ends at the most pruned plan). Every plan on the path is
 then priced with the real cost model, which sees how units interact, and :func:`ladder`
 keeps for each target speedup the path plan that reaches it with the least importance
@@ -124,13 +126,14 @@ def allocation_path(
                 d_loss = curve[position[name] + 1][1] - here[1]
                 if cheapest is None or d_loss < cheapest[0]:
                     cheapest = (d_loss, name, position[name] + 1)
-            for j in range(position[name] + 1, len(curve)):
+            for j in range(position[name] + 1, len(curve)):  # the unit's next ratio that saves anything
                 d_loss, d_save = curve[j][1] - here[1], curve[j][2] - here[2]
                 if d_save <= 1e-9:
                     continue
                 efficiency = d_save / max(d_loss, 1e-6)
                 if best is None or efficiency > best[0]:
                     best = (efficiency, name, j)
+                break
         if best is None:  # no move saves on its own (units interact): the least damaging step goes on
             if cheapest is None:
                 break
