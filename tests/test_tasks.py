@@ -41,6 +41,18 @@ def test_fashion_mnist_reads_the_real_idx_files():
     assert task.metric(task.model, task.val) > 0.5  # chance is 0.1
 
 
+@pytest.mark.skipif(not any(Path(d).is_dir() for d in FASHION_MNIST_DIRS), reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_validation_held_out_of_the_training_split_keeps_the_dense_model():
+    test = load_task("fashion-mnist", model="resnet-tiny", epochs=3, train_size=2000, val_size=500)
+    held = load_task("fashion-mnist", model="resnet-tiny", epochs=3, train_size=2000, val_size=500, validation="train")
+    assert len(held.train) == 1500 and len(held.val) == 500
+    rows = lambda ds: {tuple(x.flatten()[::7].tolist()) for x, _ in ds}  # noqa: E731
+    assert rows(held.train) | rows(held.val) == rows(test.train) and not rows(held.train) & rows(held.val)
+    assert all(torch.equal(a, b) for a, b in zip(held.model.state_dict().values(), test.model.state_dict().values()))
+    with pytest.raises(ConfigError, match="task_options.validation"):
+        load_task("fashion-mnist", model="resnet-tiny", validation="holdout")
+
+
 def test_fashion_mnist_missing_folder_says_how_to_get_it(tmp_path):
     with pytest.raises(AutopruneError, match="dataset-fashion-mnist"):
         load_task("fashion-mnist", data_dir=str(tmp_path))

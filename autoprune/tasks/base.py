@@ -198,12 +198,21 @@ def fashion_mnist(
     train_size: Optional[int] = None,
     val_size: Optional[int] = 2000,
     seed: int = 0,
+    validation: str = "test",
 ) -> Task:
     """Fashion-MNIST (28x28, 10 classes) read from IDX files.
 
-    ``val_size`` takes a fixed subset of the official test split as the validation set so a
-    short fine-tune is scored quickly; ``train_size`` likewise subsamples the training split.
+    ``val_size`` takes a fixed subset as the validation set so a short fine-tune is scored
+    quickly; ``train_size`` likewise subsamples the training split. ``validation`` says
+    where that subset comes from: ``test`` (the official test split) or ``train`` (held out
+    of the training split and left out of the task's training data, so a search that
+    selects on it leaves the test split untouched for reporting; the dense model is the
+    same either way, trained on the whole training split, as NetAdapt's holdout set is).
     """
+    if validation not in ("test", "train"):
+        raise ConfigError(f"task_options.validation: expected 'test' or 'train', got {validation!r}")
+    if validation == "train" and not val_size:
+        raise ConfigError("task_options.validation: 'train' needs a val_size (the images held out of the training split)")
     candidates = [Path(data_dir)] if data_dir else [Path(d) for d in FASHION_MNIST_DIRS if Path(d).exists()]
     if not candidates:
         raise AutopruneError(
@@ -224,7 +233,14 @@ def fashion_mnist(
         return TensorDataset(torch.from_numpy(x[:, None].copy()), torch.from_numpy(y.copy()))
 
     train, val = prepare("train", train_size), prepare("t10k", val_size)
+    if validation == "train" and val_size >= len(train):
+        raise ConfigError(f"task_options.val_size: {val_size} leaves none of the {len(train)} training images to train on")
     net = MODELS.get(model)(in_channels=1, num_classes=10)
     torch.manual_seed(seed)
     net = train_dense(net, train, val, _dense_key("fashion-mnist", model, epochs, train_size, seed), epochs)
+    if validation == "train":
+        held = np.random.default_rng(seed + 1).permutation(len(train))
+        keep, out = np.sort(held[val_size:]), np.sort(held[:val_size])
+        x, y = train.tensors
+        train, val = TensorDataset(x[keep], y[keep]), TensorDataset(x[out], y[out])
     return Task(f"fashion-mnist/{model}", net, train, val, train[0][0][None].clone(), info={"dataset": str(root)})
