@@ -10,12 +10,14 @@ For each model (ResNet-20, the MobileNetV2-style network; task ``fashion-mnist``
   ``tp-uniform`` (one ratio everywhere, stock), ``tp-uniform-round8`` (``round_to=8``) and
   ``tp-global`` (``global_pruning=True``), each at a ladder of ratios;
 * autoprune: ``autoprune search`` (the library's ``run_study``, the config's defaults but
-  for the task, the devices, a search space that reaches 4x, and the budget), then the
-  export code path (``Exporter``) of the front members nearest 1.5x, 2x, 3x and 4x
-  predicted speedup on each device, and of the next faster member;
-* every model, peer or autoprune, gets the same final recipe (:data:`FINAL`: one epoch on
-  the training split, SGD lr 0.01, cosine) and is scored on the validation split (the full
-  10k test split in the full run); the models nearest 2x and 3x get ``--seeds`` seeds;
+  for the task, the devices, a search space that reaches 4x, and the budget), validating
+  on images held out of the training split (never the test split); then the front members
+  nearest 1.5x, 2x, 3x and 4x predicted speedup on each device, and the next faster
+  member, pruned from the dense model by the export's code (``prune_for_export``);
+* every model, peer or autoprune, gets the same final recipe (``Run.final``: one epoch on
+  the whole training split, SGD lr 0.01, cosine) and is scored on the test split (all
+  10k images in the full run); the models nearest 2x and 3x get ``--seeds`` seeds; the
+  report gives the search's proxy accuracy's rank correlation with the final accuracy;
 * with ``--best-recipe``, a second column: distillation from the dense model and gradual
   pruning (3 cubic steps) for autoprune's exports and the peers alike;
 * latency is measured, never predicted: each model exported for ``onnxruntime-cpu`` and
@@ -38,9 +40,9 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -79,6 +81,7 @@ class Setup:
     rounds: int
     stem: str
     above: bool
+    search_val_size: int
     notes: str = ""
 
 
@@ -91,6 +94,7 @@ FULL = Setup(
     rounds=7,
     stem="versus",
     above=True,
+    search_val_size=5000,
     notes="full Fashion-MNIST: 60k training images, the 10k test split for every accuracy",
 )
 QUICK = Setup(
@@ -102,6 +106,7 @@ QUICK = Setup(
     rounds=5,
     stem="versus_quick",
     above=False,
+    search_val_size=1000,
     notes="QUICK MODE (development): 6k training images, 2k test images, dense trained 3 epochs; not the full run",
 )
 
@@ -424,7 +429,7 @@ def study_config(model: str, controller: str, run: Run, work: Path) -> Path:
     config = {
         "name": f"versus-{model}-{controller}",
         "task": "fashion-mnist",
-        "task_options": {"model": model, **run.setup.task_options},
+        "task_options": {"model": model, **run.setup.task_options, "validation": "train", "val_size": run.setup.search_val_size},
         "search_space": str(folder / "search_space.yaml"),
         "devices": list(DEVICES),
         "controller": controller,
@@ -457,11 +462,22 @@ def chosen_members(records, baseline, device: str, above: bool = True) -> dict[i
 
 
 def bench_autoprune(run: Run, model_name: str, controller: str, task, timer: Timer, recipes: Sequence[str], work: Path) -> None:
-    """Search (or resume), then export the chosen members with each recipe and seed."""
+    """Search (or resume), then give the chosen members the peers' treatment.
+
+    The search validates on images held out of the training split (``validation: train``),
+    so the test split that every reported accuracy comes from plays no part in choosing.
+    Each chosen member is pruned by the export's own code (``prune_for_export``: one shot,
+    or gradual with the best recipe) from the same dense model, on the bench's task (the
+    whole training split), then fine-tuned, scored, exported and timed exactly as the peers.
+    """
+    import dataclasses
+
     import torch
 
-    from autoprune.core.config import ExportOptions, load_config
-    from autoprune.deploy.export import Exporter, ExportRequest
+    from autoprune.core.config import load_config
+    from autoprune.core.plan import Plan
+    from autoprune.deploy.gradual import prune_for_export
+    from autoprune.engine.context import build_context
     from autoprune.engine.executor import run_study
 
     from .export import profile_model
@@ -469,15 +485,18 @@ def bench_autoprune(run: Run, model_name: str, controller: str, task, timer: Tim
     path = study_config(model_name, controller, run, work)
     profile_model(model_name, path, argparse.Namespace(work=str(work)), run.log)
     started = time.perf_counter()
-    study = run_study(load_config(path), progress=False)
+    config = load_config(path)
+    study = run_study(config, progress=False)
     search_s = time.perf_counter() - started
     records, baseline = study.records(), study.baseline()
-    run.rows.add({"model": model_name, "source": "search", "name": controller, "setting": f"{len(records)} trials", "recipe": "", "seed": 0, "wall_s": search_s})
+    if not run.rows.has(model=model_name, source="search", name=controller, setting=f"{len(records)} trials"):
+        run.rows.add({"model": model_name, "source": "search", "name": controller, "setting": f"{len(records)} trials", "recipe": "", "seed": 0, "wall_s": search_s})
     run.log(f"{model_name} {controller}: {len(records)} trials ({search_s:.0f} s this run)")
     members: dict[int, Any] = {}
     for device in DEVICES:
         for number in chosen_members(records, baseline, device, run.setup.above):
             members[number] = next(r for r in records if r.number == number)
+    ctx = dataclasses.replace(build_context(config), task=task)
     for recipe in recipes:
         for seed_pass in (0, 1):
             for number, member in members.items():
@@ -491,27 +510,17 @@ def bench_autoprune(run: Run, model_name: str, controller: str, task, timer: Tim
                         continue
                     t = time.perf_counter()
                     torch.manual_seed(seed)
-                    exporter = Exporter(study, run.recipe(recipe), seed=seed)
-                    exporter.config = exporter.config.model_copy(update={"export": ExportOptions(finetune=run.recipe(recipe), iterative=run.iterative(recipe))})
-                    row = {**key, "params": member.params, "accuracy_search": member.accuracy}
+                    pruned = prune_for_export(ctx, Plan.from_dict(member.plan), run.iterative(recipe), seed)
+                    row = {**key, "params": sum(p.numel() for p in pruned.parameters()), "accuracy_search": member.accuracy}
+                    for device in DEVICES:
+                        row[f"speedup_predicted.{device}"] = baseline["latency_ms"][device] / member.latency_ms[device]
                     known = base if (seed > 0 or recipe != "final") else None
-                    if known is None:
-                        out = work / model_name / controller / "exports" / setting.replace(" ", "")
-                        for device in DEVICES:
-                            card = exporter.export(ExportRequest(device, max_latency_ms=member.latency_ms[device]), out / device)
-                            row[f"exported_trial.{device}"] = card["trial"]
-                            speedup, ms, _ = timer.speedup(out / device / card["file"], device)
-                            row[f"speedup.{device}"], row[f"latency_ms.{device}"] = speedup, ms
-                            row[f"speedup_card.{device}"] = card["speedup_measured"]
-                            row[f"speedup_predicted.{device}"] = card["speedup_predicted"]
-                            row["accuracy"] = card["accuracy"]
-                    else:
-                        row.update(timing_columns(run, timer, None, Path(), known))
-                        row["accuracy"] = exporter.tuned(member).accuracy
+                    row.update(timing_columns(run, timer, pruned, work / model_name / controller / "exports" / setting.replace(" ", ""), known))
+                    row["accuracy"] = finetuned_accuracy(run, task, pruned, recipe, seed)
                     row["wall_s"] = time.perf_counter() - t
                     run.rows.add(row)
-                    run.log(f"{model_name} {controller} {setting} {recipe} seed {seed}: accuracy {row['accuracy']:.4f}, "
-                            + ", ".join(f"{d} {row[f'speedup.{d}']:.2f}x" for d in DEVICES))
+                    run.log(f"{model_name} {controller} {setting} {recipe} seed {seed}: accuracy {row['accuracy']:.4f} (search {member.accuracy:.4f}), "
+                            + ", ".join(f"{d} {row[f'speedup.{d}']:.2f}x (predicted {row[f'speedup_predicted.{d}']:.2f}x)" for d in DEVICES))
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -544,9 +553,9 @@ def write_report(run: Run, machine: str, wall_s: float) -> None:
         f"Setup: {setup.notes}. Peers: Torch-Pruning {peers}, "
         f"L1 magnitude, classifier kept, ratios {', '.join(f'{r:g}' for r in setup.peer_ratios)}. autoprune: `autoprune search` "
         f"(config defaults but task, devices, a channel space with the stem searched, ratios 0..0.9, kept channels in multiples of 8, "
-        f"{setup.trials} trials{f' of {setup.search_steps} steps' if setup.search_steps else ''}), then `autoprune export`'s code path for the front members "
-        "nearest 1.5x/2x/3x/4x predicted speedup on each device and the next faster one. Final recipe for every model: one epoch on the "
-        "training split, SGD lr 0.01 momentum 0.9, cosine, batch 64. Latency measured on each runtime (batch 1, one thread), "
+        f"{setup.trials} trials{f' of {setup.search_steps} steps' if setup.search_steps else ''}, validating on {setup.search_val_size} images held out of the training split), "
+        "then the front members nearest 1.5x/2x/3x/4x predicted speedup on each device and the next faster one, pruned from the dense model by the export's code. "
+        "Final recipe for every model: one epoch on the whole training split, SGD lr 0.01 momentum 0.9, cosine, batch 64, scored on the test split. Latency measured on each runtime (batch 1, one thread), "
         f"{setup.rounds} rounds interleaved with the dense model, median of the rounds' medians. Best peer at a target = the most accurate "
         "peer model whose measured speedup reaches it; autoprune's best likewise; margin = autoprune - peer, in points; "
         "`std_points` = sqrt(std_a^2 + std_p^2) over the seeds (shown when both picks have more than one seed).",
@@ -568,6 +577,13 @@ def write_report(run: Run, machine: str, wall_s: float) -> None:
     if not best.empty:
         lines += ["", "## Best recipe (distillation from the dense model, 3 gradual pruning steps), peers given the same", ""]
         lines += _table_lines(best, f, pct)
+    lines += ["", "## Does the search's proxy rank like the final accuracy?", "",
+              "Spearman rank correlation between a member's accuracy in the search (short fine-tune, held-out training images) and its final accuracy "
+              "(final recipe, seed 0, test split), over the members of each study:", "",
+              "| model | controller | members | rank correlation |", "|---|---|---|---|"]
+    for (model, controller), part in df[(df.source == "autoprune") & (df.recipe == "final") & (df.seed.astype(int) == 0)].groupby(["model", "name"], sort=False):
+        rho = part.accuracy_search.rank().corr(part.accuracy.rank()) if len(part) > 2 else float("nan")
+        lines.append(f"| {model} | {controller} | {len(part)} | {f(rho)} |")
     lines += ["", "## Search cost", "", "| model | controller | trials | search s | export s (all members, recipes, seeds) | dense training s |", "|---|---|---|---|---|---|"]
     for (model, controller), part in searches.groupby(["model", "name"], sort=False):
         exports = df[(df.model == model) & (df.source == "autoprune") & (df.name == controller)].wall_s.sum()
@@ -603,6 +619,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--best-recipe", action="store_true", help="also the second column: distillation and gradual pruning for everyone")
     parser.add_argument("--notes", default="", help="a markdown paragraph appended to the report (what this run left out, and why)")
     parser.add_argument("--report-only", action="store_true", help="rewrite the markdown and the table from the models CSV, running nothing")
+    parser.add_argument("--only", choices=("peers", "autoprune"), default=None, help="run only the peers (they do not depend on autoprune's defaults) or only autoprune's search and exports")
     parser.add_argument("--work", default=None, help="work folder (studies, exports, profiles, dense cache); default runs/bench-versus[-quick]")
     args = parser.parse_args(argv)
     setup = QUICK if args.quick else FULL
@@ -637,9 +654,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 row[f"latency_ms.{device}"], row[f"speedup.{device}"] = ms, 1.0
             run.rows.add(row)
             log(f"{model_name}: dense accuracy {row['accuracy']:.4f}, trained in {trained['train_s']:.0f} s")
-        bench_peers(run, model_name, task, timer, recipes, work / model_name)
-        write_report(run, machine, time.perf_counter() - started)
-        for controller in args.controllers:
+        if args.only != "autoprune":
+            bench_peers(run, model_name, task, timer, recipes, work / model_name)
+            write_report(run, machine, time.perf_counter() - started)
+        for controller in args.controllers if args.only != "peers" else ():
             bench_autoprune(run, model_name, controller, task, timer, recipes, work)
             write_report(run, machine, time.perf_counter() - started)
     write_report(run, machine, time.perf_counter() - started)
