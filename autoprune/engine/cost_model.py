@@ -52,15 +52,26 @@ class CostModel:
     def __init__(self, ctx: TrialContext, devices: Optional[Sequence[str]] = None) -> None:
         self.ctx = ctx
         self.devices = list(ctx.estimators) if devices is None else [d for d in devices if d in ctx.estimators]
-        self._estimators = {d: screening_estimator(ctx, d) for d in self.devices}
-        self.screens = {d: "macs" if e is None else ("lut" if e is ctx.estimators[d] else "table") for d, e in self._estimators.items()}
-        for device, how in self.screens.items():
-            if how != "lut":
-                log.info("device %r: latency is measured for the records; the controller screens plans by %s", device, "its table" if how == "table" else "MACs")
+        self._screening: Optional[dict[str, Optional[LatencyEstimator]]] = None
         self._cache: dict[str, dict[str, float]] = {}
         self._dense: Optional[dict[str, float]] = None
         self.calls = self.hits = 0
         self.seconds = 0.0
+
+    @property
+    def _estimators(self) -> dict[str, Optional[LatencyEstimator]]:
+        """Each device's predictor, chosen on first use (a controller that never asks pays nothing)."""
+        if self._screening is None:
+            self._screening = {d: screening_estimator(self.ctx, d) for d in self.devices}
+            for device, how in self.screens.items():
+                if how != "lut":
+                    log.info("device %r: latency is measured for the records; the controller screens plans by %s", device, "its table" if how == "table" else "MACs")
+        return self._screening
+
+    @property
+    def screens(self) -> dict[str, str]:
+        """How each device's latency is predicted: ``lut``, ``table`` or ``macs`` (see the class doc)."""
+        return {d: "macs" if e is None else ("lut" if e is self.ctx.estimators[d] else "table") for d, e in self._estimators.items()}
 
     @property
     def labels(self) -> list[str]:
