@@ -9,8 +9,8 @@ For each model (ResNet-20, the MobileNetV2-style network; task ``fashion-mnist``
 * peers, built with Torch-Pruning's own ``MagnitudePruner`` (L1, the classifier kept):
   ``tp-uniform`` (one ratio everywhere, stock), ``tp-uniform-round8`` (``round_to=8``) and
   ``tp-global`` (``global_pruning=True``), each at a ladder of ratios;
-* autoprune: ``autoprune search`` (the library's ``run_study``, the config's defaults but
-  for the task, the devices, a search space that reaches 4x, and the budget), validating
+* autoprune: ``autoprune search`` (the library's ``run_study``, the config's defaults, its
+  search space and controller included, but for the task, the devices and the budget), validating
   on images held out of the training split (never the test split); then the front members
   nearest 1.5x, 2x, 3x and 4x predicted speedup on each device, and the next faster
   member, pruned from the dense model by the export's code (``prune_for_export``);
@@ -57,12 +57,6 @@ SEEDED_TARGETS = (2.0, 3.0)
 GOALS = {1.5: None, 2.0: 0.5, 3.0: 2.0, 4.0: 2.0}
 #: Torch-Pruning's own pruner settings of each peer.
 PEERS = {"tp-uniform": {}, "tp-uniform-round8": {"round_to": 8}, "tp-global": {"global_pruning": True}}
-#: Channel pruning of every unit but the classifier, ratios to 0.9, kept channels in multiples
-#: of 8 (the stem searched: in ResNet-20 its unit couples every first-stage block).
-SPACE = {
-    "rules": [{"match": "*", "granularities": ["channel"], "pruning_ratio": {"low": 0.0, "high": 0.9, "step": 0.1}, "criteria": ["l1"], "channel_multiple": 8}],
-    "protect": ["classifier"],
-}
 TABLE_COLUMNS = [
     "model", "device", "target_speedup", "peer", "peer_accuracy", "peer_speedup",
     "autoprune_accuracy", "autoprune_speedup", "margin_points", "seeds", "std_points",
@@ -422,15 +416,14 @@ def needs_seeds(run: Run, model: str, source: str, name: str, row: pd.Series) ->
 
 
 def study_config(model: str, controller: str, run: Run, work: Path) -> Path:
-    """The study's YAML: config defaults but for task, devices, search space and budget."""
+    """The study's YAML: config defaults (the search space and controller included) but for
+    task, devices and budget."""
     folder = work / model / controller
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "search_space.yaml").write_text(json.dumps(SPACE, indent=2))
     config = {
         "name": f"versus-{model}-{controller}",
         "task": "fashion-mnist",
         "task_options": {"model": model, **run.setup.task_options, "validation": "train", "val_size": run.setup.search_val_size},
-        "search_space": str(folder / "search_space.yaml"),
         "devices": list(DEVICES),
         "controller": controller,
         "budget": {"trials": run.setup.trials},
@@ -525,6 +518,8 @@ def bench_autoprune(run: Run, model_name: str, controller: str, task, timer: Tim
 
 # -- the report --------------------------------------------------------------------------------
 def write_report(run: Run, machine: str, wall_s: float) -> None:
+    from autoprune.core.config import Config
+
     df = run.rows.reload()
     dense = {r.model: r for _, r in df[df.source == "dense"].groupby("model").tail(1).iterrows()}
     searches = df[df.source == "search"]
@@ -552,7 +547,7 @@ def write_report(run: Run, machine: str, wall_s: float) -> None:
         f"Rerun: `{command}` (resumes: models already in `{setup.stem}_models.csv` are skipped; delete it to start over). "
         f"Setup: {setup.notes}. Peers: Torch-Pruning {peers}, "
         f"L1 magnitude, classifier kept, ratios {', '.join(f'{r:g}' for r in setup.peer_ratios)}. autoprune: `autoprune search` "
-        f"(config defaults but task, devices, a channel space with the stem searched, ratios 0..0.9, kept channels in multiples of 8, "
+        f"(config defaults, the search space `{Config().search_space}` and the controller included, but task, devices, "
         f"{setup.trials} trials{f' of {setup.search_steps} steps' if setup.search_steps else ''}, validating on {setup.search_val_size} images held out of the training split), "
         "then the front members nearest 1.5x/2x/3x/4x predicted speedup on each device and the next faster one, pruned from the dense model by the export's code. "
         "Final recipe for every model: one epoch on the whole training split, SGD lr 0.01 momentum 0.9, cosine, batch 64, scored on the test split. Latency measured on each runtime (batch 1, one thread), "

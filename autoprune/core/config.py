@@ -76,7 +76,7 @@ class Config(BaseModel):
     name: str = Field("study", description="the study's name (also the Optuna study name)")
     task: str = Field("digits", description="a built-in task name or module:function")
     task_options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the task function")
-    search_space: str = Field("cnn_channel", description="a built-in search space by name, or a search-space YAML file")
+    search_space: str = Field("cnn_channel_full", description="a built-in search space by name, or a search-space YAML file")
     devices: list[str] = Field(default_factory=lambda: ["onnxruntime-cpu"], min_length=1, description="device profiles: the user's, else the shipped ones")
     latency: Literal["auto", "lut", "measured"] = Field("auto", description="lookup table when the device has one, else measure")
     objectives: list[str] = Field(default_factory=lambda: ["accuracy", "latency_ms"], min_length=2)
