@@ -41,3 +41,79 @@ def test_unknown_model_names_the_known_ones() -> None:
 
     with pytest.raises(ConfigError, match="'fasterrcnn_resnet50_fpn': not an image classification model; known: .*resnet18"):
         torchvision_model("fasterrcnn_resnet50_fpn")
+
+
+def _tiny(name: str) -> torch.nn.Module:
+    """A narrow, shallow member of each family (what the builders allow), random weights."""
+    from autoprune.tasks.zoo import import_torchvision, torchvision_model
+
+    models = import_torchvision().models
+    if name == "densenet":
+        return models.DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, bn_size=2, num_classes=10)
+    if name == "convnext":
+        from torchvision.models.convnext import CNBlockConfig
+
+        return models.ConvNeXt([CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)], num_classes=10)
+    if name == "vit":
+        return models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10)
+    if name == "encoder_vit":
+        return EncoderViT()
+    kwargs = {"mobilenet_v2": {"width_mult": 0.25}, "mobilenet_v3_small": {"width_mult": 0.25}, "mnasnet0_5": {}, "squeezenet1_1": {}, "resnet18": {}}
+    return torchvision_model(name, num_classes=10, **kwargs[name])
+
+
+class EncoderViT(torch.nn.Module):
+    """A ViT as users write it with ``nn.TransformerEncoder``: patch embedding, encoder, mean pool, head."""
+
+    def __init__(self, dim: int = 32, depth: int = 2, heads: int = 2, patch: int = 8) -> None:
+        super().__init__()
+        self.embed = torch.nn.Conv2d(3, dim, patch, patch)
+        layer = torch.nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0, batch_first=True, activation="gelu")
+        self.encoder = torch.nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.head = torch.nn.Linear(dim, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        return self.head(self.encoder(tokens).mean(1))
+
+
+#: A fast subset of the zoo, one per kind of graph: residual adds and max-pooling, inverted
+#: residuals, squeeze-and-excitation with hard-swish/hard-sigmoid, concatenation (fire modules,
+#: dense blocks), layer norm with permutes and layer scale, attention with patch embedding.
+ZOO = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "mnasnet0_5", "squeezenet1_1", "densenet", "convnext", "vit", "encoder_vit"]
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_model_prunes_exports_and_is_described_by_the_latency_table(name: str, tmp_path) -> None:
+    import numpy as np
+
+    from autoprune.core.plan import Plan, UnitChoice
+    from autoprune.latency.backends.onnxruntime import OnnxRuntimeCPU
+    from autoprune.latency.lut.keys import extract_kernels
+    from autoprune.latency.lut.kernels import kernel_model
+    from autoprune.pruning.apply import apply_plan
+    from autoprune.pruning.units import prunable_units
+
+    torch.manual_seed(0)
+    model = _tiny(name).eval()
+    x = torch.randn(1, 3, 32, 32)
+    units = {u.name: u for u in prunable_units(model, x, ("stem", "classifier"))}
+    assert units
+    rng = np.random.default_rng(0)
+    plan = Plan.from_dict({n: UnitChoice("channel", float(rng.choice([0.25, 0.5]))) for n in units if units[n].channels >= 4})
+    pruned = apply_plan(model, plan, units, x)
+    with torch.no_grad():
+        expected = pruned(x).numpy()
+    assert expected.shape == (1, 10)
+
+    backend = OnnxRuntimeCPU()
+    run = backend.load(backend.export(pruned, x, tmp_path / "pruned.onnx"))
+    np.testing.assert_allclose(run(x.numpy()), expected, atol=1e-4, rtol=1e-3)
+
+    kernels = extract_kernels(pruned, x)
+    assert len(kernels) >= 3
+    assert all(k.key.cin > 0 and k.key.cout > 0 for k in kernels)
+    for key in dict.fromkeys(k.key for k in kernels):  # every key has a kernel model that runs
+        module, kx = kernel_model(key, "onnxruntime-cpu")
+        with torch.no_grad():
+            assert torch.isfinite(module(kx)).all(), key.id
