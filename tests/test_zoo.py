@@ -117,3 +117,73 @@ def test_zoo_model_prunes_exports_and_is_described_by_the_latency_table(name: st
         module, kx = kernel_model(key, "onnxruntime-cpu")
         with torch.no_grad():
             assert torch.isfinite(module(kx)).all(), key.id
+
+
+def _local_device(root, first_key):
+    """A local ONNX Runtime device whose table holds one measured kernel, validated as fit for use."""
+    import yaml
+
+    from autoprune.latency.devices import load_device
+    from autoprune.latency.lut.kernel_timing import measure_keys
+    from autoprune.latency.lut.table import LatencyTable
+
+    folder = root / "near"
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = {"name": "near", "backend": "onnxruntime-cpu", "threads": 1, "batch_size": 1, "warmup": 3, "repeats": 15, "local": True}
+    (folder / "device.yaml").write_text(yaml.safe_dump(settings))
+    device = load_device("near", root)
+    table = LatencyTable.new(device, device.path, {}, "nchw")
+    table.meta.validation = {"within_10_pct": 95.0}
+    table.append(measure_keys(device, [first_key], table, rounds=1))
+    table.save_meta()
+    return device
+
+
+@pytest.mark.parametrize("name", ["vit", "encoder_vit"])
+def test_table_predicts_an_attention_model_from_kernels_measured_on_demand(name: str, tmp_path) -> None:
+    import warnings
+
+    from autoprune.latency.lut import LUTEstimator, extract_kernels
+    from autoprune.latency.lut.table import LatencyTableWarning
+
+    torch.manual_seed(0)
+    model, x = _tiny(name).eval(), torch.randn(1, 3, 32, 32)
+    kernels = extract_kernels(model, x)
+    device = _local_device(tmp_path, kernels[0].key)
+    estimator = LUTEstimator(device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LatencyTableWarning)  # no calibration for this model: the default is used
+        predicted = estimator.latency_ms(model, x)
+    assert predicted > 0
+    assert estimator.measured_on_demand == len({k.key for k in kernels}) - 1
+    assert {"mha", "layernorm"} <= {k.key.op for k in kernels} or {"attention", "ffn"} <= {k.key.op for k in kernels}
+
+
+class _Cumulative(torch.nn.Module):
+    """A model with an operation no latency key describes (a cumulative sum)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cumsum(self.conv(x), dim=1).mean((2, 3)))
+
+
+def test_lut_names_the_op_it_cannot_describe_and_auto_measures_instead(tmp_path, caplog) -> None:
+    import logging
+
+    from autoprune.core.errors import ConfigError
+    from autoprune.latency.lut import KernelKey
+    from autoprune.latency.measured import MeasuredLatency
+    from autoprune.latency.policy import estimator_for
+
+    model, x = _Cumulative().eval(), torch.randn(1, 3, 16, 16)
+    device = _local_device(tmp_path, KernelKey("conv", 3, 16, 16, 8, 3, 1, 1))
+    with pytest.raises(ConfigError, match=r"device 'near': `latency: lut` cannot describe this model: node 'cumsum' \(cumsum\): no latency key"):
+        estimator_for(device, "lut", model, x)
+    with caplog.at_level(logging.WARNING, logger="autoprune.latency.policy"):
+        assert isinstance(estimator_for(device, "auto", model, x), MeasuredLatency)
+    said = [r.getMessage() for r in caplog.records if "measuring candidates" in r.getMessage()]
+    assert len(said) == 1 and "cannot describe the model: node 'cumsum'" in said[0]
