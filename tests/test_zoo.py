@@ -187,3 +187,30 @@ def test_lut_names_the_op_it_cannot_describe_and_auto_measures_instead(tmp_path,
         assert isinstance(estimator_for(device, "auto", model, x), MeasuredLatency)
     said = [r.getMessage() for r in caplog.records if "measuring candidates" in r.getMessage()]
     assert len(said) == 1 and "cannot describe the model: node 'cumsum'" in said[0]
+
+
+@pytest.mark.parametrize("name", ["densenet"])
+def test_enumeration_covers_the_concatenations_of_random_plans(name: str, tmp_path) -> None:
+    import numpy as np
+
+    from autoprune.core.plan import Plan, UnitChoice
+    from autoprune.latency.lut.enumeration import enumerate_keys
+    from autoprune.latency.lut.keys import extract_kernels
+    from autoprune.pruning.apply import apply_plan
+    from autoprune.pruning.space import SearchSpace
+    from autoprune.pruning.units import prunable_units
+
+    torch.manual_seed(0)
+    model, x = _tiny(name).eval(), torch.randn(1, 3, 32, 32)
+    path = tmp_path / "space.yaml"
+    path.write_text("rules:\n  - match: '*'\n    pruning_ratio: {low: 0.0, high: 0.5, step: 0.25}\nprotect: [stem, classifier]\n")
+    units = prunable_units(model, x, ("stem", "classifier"))
+    space = SearchSpace.load(path).resolve(units)
+    units_by_name = {u.name: u for u in units if u.name in space}
+    keys = set(enumerate_keys(model, x, units_by_name, space))
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        plan = Plan.from_dict({n: UnitChoice("channel", float(rng.choice([0.0, 0.25, 0.5]))) for n in units_by_name})
+        pruned = apply_plan(model, plan, units_by_name, x)
+        concat = [k.key.id for k in extract_kernels(pruned, x) if k.key.op == "concat"]
+        assert concat and [k for k in concat if k not in {key.id for key in keys}] == []
