@@ -6,6 +6,7 @@ import logging
 import torch
 from torch import nn
 
+from autoprune.core.errors import ConfigError
 from autoprune.latency.devices import DeviceProfile
 from autoprune.latency.measured import LatencyEstimator, MeasuredLatency
 
@@ -34,7 +35,14 @@ def estimator_for(
             raise
         return MeasuredLatency(device)
     if method == "lut":
-        return LUTEstimator(device)
+        estimator = LUTEstimator(device)
+        if model is not None and example_input is not None:
+            from autoprune.latency.lut.estimator import describe_problem
+
+            problem = describe_problem(estimator.table, device, model, example_input)
+            if problem:
+                raise ConfigError(f"device {device.name!r}: `latency: lut` cannot describe this model: {problem.split('; use `latency: measured`')[0]}; use `latency: auto` or `latency: measured`")
+        return estimator
     if not has_table(device):
         log.info("device %r: no latency table; measuring candidates (`autoprune profile --device %s` builds one)", device.name, device.name)
         return MeasuredLatency(device)

@@ -33,10 +33,13 @@ class Unit:
 
 
 def stem_and_classifier(model: nn.Module) -> tuple[str | None, str | None]:
-    """The first conv/linear layer and the last linear layer, by module order."""
+    """The first conv/linear layer and the last linear layer, by module order; in a network
+    without linear layers (SqueezeNet's convolutional classifier) the last convolution."""
     names = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    return (names[0] if names else None), (linears[-1] if linears else None)
+    if linears:
+        return (names[0] if names else None), linears[-1]
+    return (names[0] if names else None), (names[-1] if names else None)
 
 
 def build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:

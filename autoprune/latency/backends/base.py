@@ -7,14 +7,32 @@ Timing is shared here so every backend measures the same way: warm-up, then
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
 from autoprune.core.registry import Registry
 from autoprune.latency.timing import LatencyStats, Runner, time_runner
+
+
+@contextmanager
+def unfused_attention() -> Iterator[None]:
+    """Keep ``nn.TransformerEncoder(Layer)`` and ``nn.MultiheadAttention`` off PyTorch's fused fast path.
+
+    In eval mode without gradients PyTorch runs them as one fused operator
+    (``aten::_transformer_encoder_layer_fwd``, ``aten::_native_multi_head_attention``) that
+    no exporter translates; with the fast path off they run as the matrix products, softmax
+    and layer norms an exported model is made of. The previous setting is restored after.
+    """
+    was = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(was)
 
 
 class Backend(ABC):

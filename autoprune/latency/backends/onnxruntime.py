@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from autoprune.core.errors import BackendUnavailableError
-from autoprune.latency.backends.base import BACKENDS, Backend
+from autoprune.latency.backends.base import BACKENDS, Backend, unfused_attention
 from autoprune.latency.timing import Runner
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ def export_onnx(model: torch.nn.Module, example_input: torch.Tensor, path: Path)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), unfused_attention(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is deprecated but fast and complete for CNNs
         torch.onnx.export(
             model,
@@ -46,7 +46,7 @@ def deploy_onnx(model: torch.nn.Module, example_input: torch.Tensor, path: Path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), unfused_attention():
             torch.onnx.export(
                 model, (example_input,), str(path), input_names=["input"], output_names=["output"],
                 opset_version=18, dynamo=True, external_data=False, verbose=False,

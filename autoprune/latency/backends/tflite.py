@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from autoprune.core.errors import AutopruneError, BackendUnavailableError
-from autoprune.latency.backends.base import BACKENDS, Backend
+from autoprune.latency.backends.base import BACKENDS, Backend, unfused_attention
 from autoprune.latency.timing import Runner
 
 #: Import name -> distribution name of the two packages this backend needs.
@@ -89,7 +89,7 @@ class TFLite(Backend):
         model = model.eval()
         with torch.no_grad():
             expected_out = tuple(model(example_input).shape)
-        with _quiet_progress():
+        with _quiet_progress(), unfused_attention():
             content = litert_torch.convert(model, (example_input,)).model_content()
         interpreter = Interpreter(
             model_content=content, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES

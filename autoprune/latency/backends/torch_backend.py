@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from autoprune.core.errors import BackendUnavailableError
-from autoprune.latency.backends.base import BACKENDS, Backend
+from autoprune.latency.backends.base import BACKENDS, Backend, unfused_attention
 from autoprune.latency.timing import LatencyStats, Runner
 
 
@@ -24,7 +24,8 @@ def export_pt2(model: torch.nn.Module, example_input: torch.Tensor, path: Path) 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    program = torch.export.export(model, (example_input.detach().cpu(),))
+    with unfused_attention():
+        program = torch.export.export(model, (example_input.detach().cpu(),))
     torch.export.save(program, str(path))
     return path
 

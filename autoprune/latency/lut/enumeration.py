@@ -12,6 +12,7 @@ they are the ones :func:`.keys.extract_kernels` will read off a pruned model.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Mapping
@@ -98,6 +99,8 @@ class KernelDependence:
     cin_unit: str | None
     cout_unit: str | None
     sparse_unit: str | None
+    #: Every unit driving the input channels (a concatenation's parts), ``cin_unit`` first.
+    cin_units: tuple[str, ...] = ()
 
 
 def kernel_dependence(
@@ -108,7 +111,7 @@ def kernel_dependence(
     Each unit of the space is channel-pruned alone; a key field that changes is driven by it.
     """
     dense = extract_kernels(model, example_input)
-    cin_of: dict[int, str] = {}
+    cin_of: dict[int, list[str]] = {}
     cout_of: dict[int, str] = {}
     for name in space:
         unit = units[name]
@@ -118,14 +121,29 @@ def kernel_dependence(
         pruned = extract_kernels(apply_plan(model, plan, units, example_input), example_input)
         for i, (before, after) in enumerate(zip(dense, pruned)):
             if before.key.cin != after.key.cin:
-                cin_of[i] = name
+                cin_of.setdefault(i, []).append(name)
             if before.key.cout != after.key.cout and before.key.op in ("conv", "linear"):
                 cout_of[i] = name
     sparse_of = {layer: name for name in space for layer in units[name].layers}
     return [
-        KernelDependence(k, cin_of.get(i), cout_of.get(i), sparse_of.get(k.layer) if k.layer else None)
+        KernelDependence(k, cin_of[i][-1] if i in cin_of else None, cout_of.get(i), sparse_of.get(k.layer) if k.layer else None, tuple(cin_of.get(i, ())))
         for i, k in enumerate(dense)
     ]
+
+
+#: A concatenation whose parts' units have more joint states than this is enumerated one
+#: part at a time (its other keys are measured when a search meets them).
+MAX_CONCAT_STATES = 512
+
+
+def _input_channels(key: KernelKey, unit_channels: int, kept: int) -> int:
+    """``key``'s input channels when its driving unit keeps ``kept`` of ``unit_channels``: a
+    concatenation's input is the sum of its parts, a flattened input a multiple of the channels."""
+    if key.op == "concat":
+        return key.cin - unit_channels + kept
+    if key.cin % unit_channels == 0:
+        return key.cin // unit_channels * kept
+    return kept
 
 
 def enumerate_keys(
@@ -146,10 +164,14 @@ def enumerate_keys(
     keys: set[KernelKey] = set()
     for dep in kernel_dependence(model, example_input, units, space):
         base = dep.kernel.key
-        drivers = [u for u in dict.fromkeys((dep.cin_unit, dep.cout_unit, dep.sparse_unit)) if u is not None]
+        parts = dep.cin_units if base.op == "concat" and math.prod(len(options[u]) for u in dep.cin_units) <= MAX_CONCAT_STATES else ()
+        drivers = [u for u in dict.fromkeys((*parts, dep.cin_unit, dep.cout_unit, dep.sparse_unit)) if u is not None]
         for combo in itertools.product(*(options[u] for u in drivers)):
             state = dict(zip(drivers, combo))
-            cin = state[dep.cin_unit].channels if dep.cin_unit else base.cin
+            if parts:
+                cin = base.cin + sum(state[u].channels - units[u].channels for u in parts)
+            else:
+                cin = _input_channels(base, units[dep.cin_unit].channels, state[dep.cin_unit].channels) if dep.cin_unit else base.cin
             cout = state[dep.cout_unit].channels if dep.cout_unit else base.cout
             key = base.with_channels(cin, cout)
             sparse = state[dep.sparse_unit] if dep.sparse_unit else None

@@ -117,9 +117,7 @@ def table_fitness(device: DeviceProfile, model: Optional[nn.Module] = None, exam
     """
     import os
 
-    from autoprune.core.errors import AutopruneError
     from autoprune.latency.devices import cpu_model
-    from autoprune.latency.lut.kernels import kernel_model
     from autoprune.latency.lut.table import installed_versions
 
     table = load_table(device, check_versions=False)
@@ -142,10 +140,22 @@ def table_fitness(device: DeviceProfile, model: Optional[nn.Module] = None, exam
             floor = f" (noise floor {float(noise):.0f}%)" if noise is not None else ""
             return f"its table validated at {within:.0f}% within ±10%{floor}, below {MIN_WITHIN_10_PCT:.0f}%"
     if model is not None and example_input is not None:
-        try:
-            kernels = table.lookup(extract_kernels(model, example_input[:1]))
-            for key in dict.fromkeys(k.key for k in kernels if k.key not in table):
-                kernel_model(key, device.backend, device.batch_size)
-        except AutopruneError as err:
-            return f"its table cannot describe the model: {err}"
+        problem = describe_problem(table, device, model, example_input)
+        if problem:
+            return f"its table cannot describe the model: {problem}"
+    return None
+
+
+def describe_problem(table: LatencyTable, device: DeviceProfile, model: nn.Module, example_input: torch.Tensor) -> Optional[str]:
+    """Why ``table`` cannot describe ``model`` (the layer or node and its operation), or None when it can:
+    every kernel has a key, and every key the table lacks has a kernel model to time."""
+    from autoprune.core.errors import AutopruneError
+    from autoprune.latency.lut.kernels import kernel_model
+
+    try:
+        kernels = table.lookup(extract_kernels(model, example_input[:1]))
+        for key in dict.fromkeys(k.key for k in kernels if k.key not in table):
+            kernel_model(key, device.backend, device.batch_size)
+    except AutopruneError as err:
+        return str(err)
     return None

@@ -9,7 +9,7 @@ SPARSITY_STEP = 0.1
 
 
 #: Ops without weights, whose output channels are their input channels.
-WEIGHTLESS_OPS = ("add", "gpool", "maxpool", "avgpool", "bn", "act", "concat")
+WEIGHTLESS_OPS = ("add", "gpool", "apool", "maxpool", "avgpool", "bn", "act", "concat", "mul", "scale", "transpose", "shuffle", "layernorm")
 
 
 @dataclass(frozen=True, order=True)
@@ -40,7 +40,7 @@ class KernelKey:
         text = f"{self.op}:{self.cin}x{self.h}x{self.w}>{self.cout}"
         if self.kernel:
             text += f":k{self.kernel}s{self.stride}p{self.padding}g{self.groups}"
-        if self.op == "attention":
+        if self.op in ("attention", "mha"):
             text += f":heads{self.groups}"
         if self.act != "none":
             text += f":{self.act}"
@@ -97,7 +97,7 @@ def weight_bytes(key: KernelKey, itemsize: int = 4) -> int:
         return itemsize * (key.cout * (key.cin // max(key.groups, 1)) * key.kernel * key.kernel + key.cout)
     if key.op == "linear":
         return itemsize * (key.cout * key.cin + key.cout)
-    if key.op == "attention":  # Q, K, V (hidden -> width) and the output projection (width -> hidden)
+    if key.op in ("attention", "mha"):  # Q, K, V (hidden -> width) and the output projection (width -> hidden)
         return itemsize * (4 * key.cin * key.cout + 3 * key.cout + key.cin)
     if key.op == "ffn":  # hidden -> width -> hidden
         return itemsize * (2 * key.cin * key.cout + key.cout + key.cin)

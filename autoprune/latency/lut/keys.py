@@ -10,8 +10,19 @@ are grouped into kernels:
   every channel is its own group);
 * ``linear``: a linear layer and its activation;
 * ``add``: an element-wise add of two tensors and its activation;
-* ``gpool`` (global average pool), ``pool`` (max/avg pool), ``reshape`` (flatten, view),
-  ``concat``, ``bn`` and ``act`` when they stand alone;
+* ``gpool`` (global average pool, also as ``mean`` over height and width), ``apool`` (adaptive
+  average pool to ``kernel`` x ``kernel``), ``maxpool`` /
+  ``avgpool``, ``reshape`` (flatten, view), ``concat``, ``bn`` and ``act`` when they stand alone;
+* ``mul`` (element-wise product of same-shaped tensors, or by a constant) and ``scale`` (a
+  tensor times a per-channel gate, as squeeze-and-excitation ends);
+* ``transpose`` (transpose, permute; ``kernel`` holds the permutation of the non-batch
+  dimensions as digits) and ``shuffle`` (ShuffleNet's channel shuffle, ``groups`` groups);
+* ``slice`` (indexing a tensor, as a ViT takes its class token), ``mean`` (over the dimensions
+  ``kernel`` lists, as a ViT pools its tokens) and ``layernorm``;
+* token-wise ops (``linear``, ``layernorm``, ``mha``) key ``cin`` as the feature size and ``h``
+  as the number of rows it applies to (``h = w = 1`` for a single vector);
+* ``mha`` for ``nn.MultiheadAttention`` (``cout`` = heads x head width kept, ``groups`` =
+  heads), and ``attention`` + ``ffn`` per ``nn.TransformerEncoderLayer``;
 * ``embed``, ``attention`` and ``ffn`` for BERT-style encoders, which are not traced but read
   layer by layer (:mod:`autoprune.latency.lut.transformer`).
 
@@ -22,6 +33,7 @@ a runtime runs them faster must be measured, not assumed.
 """
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import replace
 from typing import Any, Optional
@@ -40,21 +52,32 @@ from autoprune.latency.lut.kernel_key import (  # noqa: F401  (re-exported)
     weight_mb,
 )
 
-_ACT_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish", nn.SiLU: "silu", nn.Sigmoid: "sigmoid", nn.Hardtanh: "relu6"}
+_ACT_MODULES = {
+    nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish", nn.SiLU: "silu", nn.Sigmoid: "sigmoid",
+    nn.Hardtanh: "relu6", nn.Hardsigmoid: "hardsigmoid", nn.GELU: "gelu", nn.Tanh: "tanh",
+}
 _ACT_FUNCTIONS = {
     torch.relu: "relu",
     nn.functional.relu: "relu",
     nn.functional.relu6: "relu6",
     nn.functional.hardswish: "hardswish",
+    nn.functional.hardsigmoid: "hardsigmoid",
     nn.functional.silu: "silu",
+    nn.functional.gelu: "gelu",
     torch.sigmoid: "sigmoid",
+    nn.functional.sigmoid: "sigmoid",
+    torch.tanh: "tanh",
 }
-_ACT_METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid"}
+_ACT_METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid", "tanh": "tanh"}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
-_RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape}
-_RESHAPE_METHODS = {"view", "reshape", "flatten"}
-_IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d)
-_IDENTITY_METHODS = {"contiguous", "size", "dim"}
+_MUL_FUNCTIONS = {operator.mul, operator.imul, torch.mul}
+_RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
+_RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze"}
+_TRANSPOSE_FUNCTIONS = {torch.transpose, torch.permute}
+_TRANSPOSE_METHODS = {"transpose", "permute"}
+_GPOOL_FUNCTIONS = {nn.functional.adaptive_avg_pool2d, torch.mean}
+_IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
+_IDENTITY_METHODS = {"contiguous", "size", "dim", "expand", "expand_as"}
 
 
 def sparsity_bucket(fraction: float) -> float:
@@ -104,10 +127,23 @@ def weight_sparsity(module: nn.Module) -> tuple[float, str]:
     return bucket, (sparsity_pattern(zero) if bucket > 0 else "")
 
 
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, keeping attention modules whole: they are keyed as kernels of their own."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return _is_attention(m) or super().is_leaf_module(m, module_qualified_name)
+
+
+def _is_attention(module: nn.Module) -> bool:
+    from autoprune.pruning.heads import is_multihead_attention
+
+    return is_multihead_attention(module) or isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerEncoder))
+
+
 def trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
     """``model`` as an fx graph with every node's output shape attached."""
     try:
-        graph = fx.symbolic_trace(model)
+        graph = fx.GraphModule(model, _Tracer().trace(model))
     except Exception as err:
         raise AutopruneError(
             f"cannot trace {type(model).__name__} with torch.fx to read its kernels ({err}); "
@@ -148,14 +184,16 @@ def extract_kernels(model: nn.Module, example_input: torch.Tensor) -> list[Kerne
             if args and args[0] in made_by:
                 made_by[node] = made_by[args[0]]
             continue
-        kernel = _kernel_of(node, modules, fused)
-        if kernel is None:
+        found = _kernel_of(node, modules, fused)
+        if found is None:
             if args and args[0] in made_by:
                 made_by[node] = made_by[args[0]]
             continue
         inputs = tuple(dict.fromkeys(made_by.get(a, -1) for a in args))
-        made_by[node] = len(kernels)
-        kernels.append(replace(kernel, inputs=inputs))
+        for kernel in found if isinstance(found, list) else [found]:  # a transformer encoder is a chain of kernels
+            made_by[node] = len(kernels)
+            kernels.append(replace(kernel, inputs=inputs))
+            inputs = (made_by[node],)
     return kernels
 
 
@@ -177,13 +215,15 @@ def _shape(node: Any) -> Optional[tuple[int, ...]]:
 def _chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
     """(channels, height, width) of an activation shape without its batch dimension."""
     rest = shape[1:]
+    if len(rest) > 3:  # leading dimensions folded into the channels (ShuffleNet's grouped view)
+        return math.prod(rest[:-2]), rest[-2], rest[-1]
     if len(rest) == 3:
         return rest
     if len(rest) == 1:
         return rest[0], 1, 1
     if len(rest) == 2:
         return rest[0], rest[1], 1
-    raise AutopruneError(f"unsupported activation shape {shape} for a latency key (expected 2-D, 3-D or 4-D)")
+    raise AutopruneError(f"unsupported activation shape {shape} for a latency key (expected at least 2-D)")
 
 
 def _activation(node: fx.Node, modules: dict[str, nn.Module]) -> Optional[str]:
@@ -223,13 +263,17 @@ def _pair(value: Any) -> int:
     return int(value)
 
 
-def _kernel_of(node: fx.Node, modules: dict[str, nn.Module], fused: set[fx.Node]) -> Optional[Kernel]:
+def _kernel_of(node: fx.Node, modules: dict[str, nn.Module], fused: set[fx.Node]) -> Optional[Kernel | list[Kernel]]:
     out_shape = _shape(node)
     if node.op == "call_module":
         module = modules[node.target]
         in_shape = _shape(node.args[0]) if node.args else None
         if isinstance(module, _IDENTITY_MODULES):
             return None
+        if _is_attention(module):
+            return _attention_kernels(module, str(node.target), in_shape)
+        if isinstance(module, nn.LayerNorm):
+            return _layernorm(in_shape, math.prod(module.normalized_shape))
         if isinstance(module, nn.Conv2d):
             cin, h, w = _chw(in_shape)
             user = _only_user(node)
@@ -247,12 +291,14 @@ def _kernel_of(node: fx.Node, modules: dict[str, nn.Module], fused: set[fx.Node]
             )
             return Kernel(key, str(node.target))
         if isinstance(module, nn.Linear):
-            cin, h, w = _chw(in_shape)
             act = _absorb_activation(node, modules, fused)
             sparsity, pattern = weight_sparsity(module)
-            return Kernel(KernelKey("linear", cin, h, w, module.out_features, act=act, sparsity=sparsity, pattern=pattern), str(node.target))
+            rows = math.prod(in_shape[1:-1])
+            return Kernel(KernelKey("linear", module.in_features, rows, 1, module.out_features, act=act, sparsity=sparsity, pattern=pattern), str(node.target))
         if isinstance(module, nn.AdaptiveAvgPool2d) and _pair(module.output_size) == 1:
             return Kernel(KernelKey("gpool", *_with_cout(in_shape)))
+        if isinstance(module, nn.AdaptiveAvgPool2d):
+            return Kernel(KernelKey("apool", *_with_cout(in_shape), kernel=_pair(module.output_size)))
         if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
             op = "maxpool" if isinstance(module, nn.MaxPool2d) else "avgpool"
             c, h, w = _chw(in_shape)
@@ -264,16 +310,35 @@ def _kernel_of(node: fx.Node, modules: dict[str, nn.Module], fused: set[fx.Node]
         if _activation(node, modules):
             return Kernel(KernelKey("act", *_with_cout(in_shape), act=_activation(node, modules) or "none"))
         raise AutopruneError(f"layer {node.target!r}: no latency key for {type(module).__name__}; use `latency: measured` for this model")
+    if out_shape is None or _is_identity_function(node):
+        return None  # arithmetic on sizes, assertions; what only acts in training
     if node.op == "call_function" and node.target in _ADD_FUNCTIONS or node.op == "call_method" and node.target in ("add", "add_"):
         tensors = [a for a in node.args if isinstance(a, fx.Node) and _shape(a) is not None]
         if len(tensors) == 2:
             return Kernel(KernelKey("add", *_with_cout(out_shape), act=_absorb_activation(node, modules, fused)))
+    if node.op == "call_function" and node.target in _MUL_FUNCTIONS or node.op == "call_method" and node.target in ("mul", "mul_"):
+        return _mul(node, out_shape, modules, fused)
     if node.op == "call_function" and node.target in _RESHAPE_FUNCTIONS or node.op == "call_method" and node.target in _RESHAPE_METHODS:
         return _reshape(_shape(node.args[0]))
+    if node.op == "call_function" and node.target in _TRANSPOSE_FUNCTIONS or node.op == "call_method" and node.target in _TRANSPOSE_METHODS:
+        return _transpose(node)
+    if _is_gpool(node):
+        return Kernel(KernelKey("gpool", *_with_cout(_shape(node.args[0]))))
+    if node.op == "call_function" and node.target is torch.mean or node.op == "call_method" and node.target == "mean":
+        return _mean(node)
+    if node.op == "call_function" and node.target is nn.functional.layer_norm:
+        normalized = node.args[1] if len(node.args) > 1 else node.kwargs["normalized_shape"]
+        return _layernorm(_shape(node.args[0]), math.prod(normalized))
     if node.op == "call_function" and node.target is torch.cat:
         parts = [_shape(a) for a in node.args[0]]
         c, h, w = _chw(out_shape)
         return Kernel(KernelKey("concat", c, h, w, c, kernel=len(parts)))
+    if node.op == "call_function" and node.target is operator.getitem:
+        source = node.args[0]
+        if not isinstance(source, fx.Node) or _shape(source) is None:
+            return None  # an element of a tuple (attention's output and weights)
+        c, h, w = _chw(_shape(source))
+        return Kernel(KernelKey("slice", c, h, w, math.prod(out_shape[1:])))
     if node.op == "call_method" and node.target in _IDENTITY_METHODS or out_shape is None:
         return None
     act = _activation(node, {})
@@ -281,6 +346,96 @@ def _kernel_of(node: fx.Node, modules: dict[str, nn.Module], fused: set[fx.Node]
         return Kernel(KernelKey("act", *_with_cout(_shape(node.args[0])), act=act))
     name = getattr(node.target, "__name__", str(node.target))
     raise AutopruneError(f"node {node.name!r} ({name}): no latency key for this operation; use `latency: measured` for this model")
+
+
+def _is_identity_function(node: fx.Node) -> bool:
+    """Dropout and stochastic depth (torchvision's), which do nothing in eval mode."""
+    if node.op != "call_function":
+        return False
+    if node.target in (nn.functional.dropout, nn.functional.dropout1d, nn.functional.dropout2d):
+        return True
+    return getattr(node.target, "__name__", "") == "stochastic_depth" and str(getattr(node.target, "__module__", "")).startswith("torchvision.")
+
+
+def _is_gpool(node: fx.Node) -> bool:
+    """A global average pool written as a function: ``adaptive_avg_pool2d(x, 1)`` or a mean over height and width."""
+    if node.op == "call_function" and node.target is nn.functional.adaptive_avg_pool2d:
+        size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+        return _pair(size) == 1
+    if node.op == "call_function" and node.target is torch.mean or node.op == "call_method" and node.target == "mean":
+        shape = _shape(node.args[0])
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        dims = tuple(dims) if isinstance(dims, (tuple, list)) else (dims,)
+        return shape is not None and len(shape) == 4 and {d % 4 for d in dims if isinstance(d, int)} == {2, 3}
+    return False
+
+
+def _mean(node: fx.Node) -> Kernel:
+    """A mean over some non-batch dimensions (as a ViT pools its tokens); ``kernel`` holds them as digits."""
+    shape = _shape(node.args[0])
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    dims = tuple(dims) if isinstance(dims, (tuple, list)) else (dims,)
+    if any(not isinstance(d, int) for d in dims) or len(shape) > 4 or 0 in {d % len(shape) for d in dims}:
+        raise AutopruneError(f"node {node.name!r}: no latency key for a mean over dimensions {dims} of a {len(shape)}-D tensor")
+    c, h, w = _chw(shape)
+    return Kernel(KernelKey("mean", c, h, w, c, kernel=int("".join(str(d % len(shape)) for d in sorted(dims, key=lambda d: d % len(shape))))))
+
+
+def _mul(node: fx.Node, out_shape: tuple[int, ...], modules: dict[str, nn.Module], fused: set[fx.Node]) -> Kernel:
+    """``mul`` for same-shaped tensors or a constant factor, ``scale`` for a per-channel gate (squeeze-and-excitation)."""
+    shapes = [_shape(a) for a in node.args if isinstance(a, fx.Node) and _shape(a) is not None]
+    c, h, w = _chw(out_shape)
+    gated = len(shapes) == 2 and any(math.prod(s) < math.prod(out_shape) for s in shapes)
+    return Kernel(KernelKey("scale" if gated else "mul", c, h, w, c, act=_absorb_activation(node, modules, fused)))
+
+
+def _transpose(node: fx.Node) -> Kernel:
+    """``transpose`` keyed by its input and permutation, or ``shuffle`` for ShuffleNet's channel shuffle."""
+    shape = _shape(node.args[0])
+    rank = len(shape)
+    order = list(range(rank))
+    if node.target in ("permute", torch.permute):
+        dims = node.args[1:] if node.target == "permute" else node.args[1]
+        order = [int(d) % rank for d in (dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims)]
+    else:
+        a, b = (int(d) % rank for d in node.args[1:3])
+        order[a], order[b] = order[b], order[a]
+    if order[0] != 0:
+        raise AutopruneError(f"node {node.name!r}: a transpose that moves the batch dimension has no latency key")
+    if rank == 5 and order == [0, 2, 1, 3, 4]:  # (n, groups, channels/groups, h, w) -> (n, channels/groups, groups, h, w)
+        groups, per, h, w = shape[1:]
+        return Kernel(KernelKey("shuffle", groups * per, h, w, groups * per, groups=groups))
+    if rank not in (3, 4):
+        raise AutopruneError(f"node {node.name!r}: no latency key for a {rank}-D transpose")
+    c, h, w = _chw(shape)
+    return Kernel(KernelKey("transpose", c, h, w, c, kernel=int("".join(str(d) for d in order[1:]))))
+
+
+def _layernorm(in_shape: tuple[int, ...], normalized: int) -> Kernel:
+    """Layer norm over the last ``normalized`` elements of each row."""
+    return Kernel(KernelKey("layernorm", normalized, math.prod(in_shape[1:]) // normalized, 1, normalized))
+
+
+def _attention_kernels(module: nn.Module, name: str, in_shape: tuple[int, ...]) -> list[Kernel]:
+    """``mha`` for an attention module; ``attention`` and ``ffn`` per layer of a transformer encoder."""
+    from autoprune.latency.lut.transformer import attention_key, ffn_key
+
+    if isinstance(module, nn.TransformerEncoder):
+        kernels = [k for i, layer in enumerate(module.layers) if isinstance(layer, nn.TransformerEncoderLayer)
+                   for k in _attention_kernels(layer, f"{name}.layers.{i}", in_shape)]
+        if module.norm is not None:
+            kernels.append(replace(_layernorm(in_shape, math.prod(module.norm.normalized_shape)), layer=f"{name}.norm"))
+        return kernels
+    if isinstance(module, nn.TransformerEncoderLayer):
+        attn = module.self_attn
+        seq = in_shape[1] if attn.batch_first else in_shape[0]
+        act = "relu" if module.activation_relu_or_gelu == 1 else "none"  # "none": GELU, as BERT's FFN
+        return [
+            Kernel(attention_key(seq, attn.embed_dim, attn.num_heads, attn.head_dim), f"{name}.self_attn"),
+            Kernel(replace(ffn_key(seq, module.linear1.in_features, module.linear1.out_features), act=act), f"{name}.linear1"),
+        ]
+    seq = in_shape[1] if module.batch_first else in_shape[0]
+    return [Kernel(KernelKey("mha", module.embed_dim, seq, 1, module.num_heads * module.head_dim, groups=module.num_heads), name)]
 
 
 def _padding(conv: nn.Conv2d) -> int:

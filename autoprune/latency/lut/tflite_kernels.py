@@ -44,8 +44,16 @@ def _sentinels(key: KernelKey, batch_size: int) -> tuple[int, int]:
     return free[0], free[1]
 
 
+#: Ops whose converted graphs are written from templates; others (concatenation, transposes,
+#: attention, layer norm, gates) are converted key by key.
+TEMPLATED_OPS = ("conv", "dwconv", "linear", "add", "gpool", "maxpool", "avgpool", "reshape", "bn", "act")
+
+
 def templatable(key: KernelKey) -> bool:
-    """Grouped (not depthwise) convolutions are converted directly."""
+    """Grouped (not depthwise) convolutions, linear layers over rows of tokens and ops outside
+    :data:`TEMPLATED_OPS` are converted directly."""
+    if key.op not in TEMPLATED_OPS or key.op == "linear" and key.h * key.w > 1:
+        return False
     return not (key.op == "conv" and key.groups != 1)
 
 

@@ -131,15 +131,17 @@ class AttentionKernel(nn.Module):
 
 
 class FFNKernel(nn.Module):
-    """A BERT layer's feed-forward block: dense, GELU, dense, residual, LayerNorm."""
+    """A BERT layer's feed-forward block: dense, GELU (ReLU for ``relu``, as ``nn.TransformerEncoderLayer``'s
+    default), dense, residual, LayerNorm."""
 
-    def __init__(self, hidden: int, width: int) -> None:
+    def __init__(self, hidden: int, width: int, act: str = "none") -> None:
         super().__init__()
         self.intermediate, self.output = nn.Linear(hidden, width), nn.Linear(width, hidden)
+        self.act = nn.ReLU() if act == "relu" else nn.GELU()
         self.norm = nn.LayerNorm(hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.output(nn.functional.gelu(self.intermediate(x))) + x)
+        return self.norm(self.output(self.act(self.intermediate(x))) + x)
 
 
 class EmbedKernel(nn.Module):
@@ -165,7 +167,7 @@ def kernel_module(key: KernelKey, batch_size: int = 1) -> tuple[nn.Module, torch
     if key.op == "attention":
         module: nn.Module = AttentionKernel(key.cin, key.groups, key.cout // key.groups)
     elif key.op == "ffn":
-        module = FFNKernel(key.cin, key.cout)
+        module = FFNKernel(key.cin, key.cout, key.act)
     elif key.op == "embed":
         ids = torch.randint(1, key.cin, (batch_size, key.h))
         return EmbedKernel(key.cin, key.cout, key.h).eval(), ids
