@@ -7,17 +7,24 @@ from pathlib import Path
 from typing import Optional
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FixedLocator  # noqa: E402
 
 from autoprune.core.records import COMPLETE  # noqa: E402
 from autoprune.results.front import device_front, front, front_limits  # noqa: E402
 from autoprune.results.study import Study  # noqa: E402
 
+#: Ticks of the speedup axis.
+SPEEDUP_TICKS = [0.5, 0.75, 1, 1.25, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32]
+
 
 def plot_front(study: Study, device: str, path: Path) -> Path:
-    """Accuracy vs latency of every complete trial, the front as a step line, the dense model as a star."""
+    """Accuracy vs latency of every complete trial (faded), the front as a step line, the
+    dense model as a star, and the speedup over the dense model on the top axis: the
+    static counterpart of one panel of the front explorer (:mod:`autoprune.results.explorer`)."""
     records = [r for r in study.records() if r.state == COMPLETE and device in r.latency_ms]
     members = device_front(records, device, **front_limits(study.config(), study.baseline(), device))
     baseline = study.baseline() or {}
@@ -28,9 +35,18 @@ def plot_front(study: Study, device: str, path: Path) -> Path:
     dense = (baseline.get("latency_ms") or {}).get(device)
     if dense is not None and baseline.get("accuracy") is not None:
         ax.scatter([dense], [baseline["accuracy"]], marker="*", s=160, color="k", label="dense")
+    if dense:
+        def speedup(latency_ms: np.ndarray) -> np.ndarray:
+            """Latency (ms) <-> speedup over the dense model: the map is its own inverse."""
+            latency_ms = np.asarray(latency_ms, dtype=float)
+            return dense / np.where(latency_ms > 0, latency_ms, np.nan)
+
+        top = ax.secondary_xaxis("top", functions=(speedup, speedup))
+        top.xaxis.set_major_locator(FixedLocator(SPEEDUP_TICKS))  # round speedups; even steps would crowd the fast end
+        top.set_xlabel("speedup over the dense model (x)")
     ax.set_xlabel(f"latency on {device} (ms)")
     ax.set_ylabel("accuracy after short fine-tune")
-    ax.set_title(f"{study.config().name}: {len(records)} trials, {len(members)} on the front")
+    ax.set_title(f"{study.config().name}: {len(records)} trials, {len(members)} on the front", pad=28 if dense else 6)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
