@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import matplotlib
 import numpy as np
@@ -16,6 +16,9 @@ from matplotlib.ticker import FixedLocator  # noqa: E402
 from autoprune.core.records import COMPLETE  # noqa: E402
 from autoprune.results.front import device_front, front, front_limits  # noqa: E402
 from autoprune.results.study import Study  # noqa: E402
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Ticks of the speedup axis.
 SPEEDUP_TICKS = [0.5, 0.75, 1, 1.25, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32]
@@ -133,3 +136,33 @@ def quality_section(study: Study) -> list[str]:
     ]
     lines += ["| " + " | ".join(fmt(row[c]) for c in QUALITY_COLUMNS) + " |" for row in rows]
     return lines + [""]
+
+
+def plot_sensitivity(table: "pd.DataFrame", path: Path, title: str = "") -> Path:
+    """Sensitivity curves (see :mod:`autoprune.engine.sensitivity`): accuracy vs pruning
+    ratio, one line per unit; beside it, the latency saved on each device against the same ratios."""
+    devices = [c.split(".", 1)[1] for c in table.columns if c.startswith("latency_saved_ms.")]
+    fig, axes = plt.subplots(1, 1 + len(devices), figsize=(6.4 * (1 + len(devices)), 4.6), dpi=110, squeeze=False)
+    units = list(dict.fromkeys(table["unit"]))
+    colours = plt.get_cmap("tab20" if len(units) > 10 else "tab10")
+    for i, unit in enumerate(units):
+        rows = table[table["unit"] == unit].sort_values("ratio")
+        axes[0, 0].plot(rows["ratio"], rows["accuracy"], marker="o", ms=3, lw=1.2, color=colours(i % colours.N), label=unit)
+        for ax, device in zip(axes[0, 1:], devices):
+            ax.plot(rows["ratio"], rows[f"latency_saved_ms.{device}"], marker="o", ms=3, lw=1.2, color=colours(i % colours.N))
+    axes[0, 0].set_xlabel("pruning_ratio of the one unit pruned")
+    axes[0, 0].set_ylabel("accuracy")
+    axes[0, 0].set_title(title or "sensitivity: one unit pruned at a time")
+    for ax, device in zip(axes[0, 1:], devices):
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_xlabel("pruning_ratio of the one unit pruned")
+        ax.set_ylabel(f"latency saved on {device} (ms)")
+        ax.set_title(device)
+    for ax in axes[0]:
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, ncol=2 if len(units) > 12 else 1, loc="lower left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
