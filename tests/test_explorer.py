@@ -60,6 +60,7 @@ def test_page_is_self_contained(study, tmp_path):
     out = cli("report", study.path, "--html", "--out", tmp_path).stdout.split()
     assert str(tmp_path / "explorer.html") in out and (tmp_path / "front_onnxruntime-cpu.png").is_file()
     assert (tmp_path / "explorer.html").read_text(encoding="utf-8").count("Plotly.newPlot") >= 1
+    assert "(explorer.html)" in (tmp_path / "report.md").read_text()
 
 
 def test_serve_on_a_busy_port_is_one_line(study):
@@ -127,3 +128,40 @@ def test_browser_shows_the_front_and_a_clicked_members_plan(study, served, tmp_p
         browser.close()
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     print(f"screenshot of the explorer: {shot}")
+
+
+def test_two_devices_side_by_side_from_hand_made_records(tmp_path):
+    """Each device's panel holds its own front, computed by hand: a member on one device need not be on the other."""
+    from autoprune.core.config import load_config
+    from autoprune.core.records import FAILED, TrialResult
+
+    config = load_config(write_config(tmp_path, devices=["onnxruntime-cpu", "torch-cpu"]))
+    study = Study(config.study_dir)
+    study.initialise(config)
+    study.save_baseline({"accuracy": 0.9, "latency_ms": {"onnxruntime-cpu": 1.0, "torch-cpu": 2.0}, "params": 1000, "macs": 10000})
+    plan = lambda r: {"u1": {"granularity": "channel", "pruning_ratio": r, "criterion": "l1"}, "u2": {"granularity": "channel", "pruning_ratio": 0.1, "criterion": "l1"}}  # noqa: E731
+    points = [  # number: accuracy, onnxruntime-cpu ms, torch-cpu ms
+        (0, 0.85, 0.5, 1.0), (1, 0.80, 0.4, 1.5), (2, 0.70, 0.6, 0.8), (3, 0.88, 1.2, 1.9),
+    ]
+    for number, accuracy, ort_ms, torch_ms in points:
+        study.append(TrialResult(number, plan(0.1 * (number + 1)), f"k{number}", accuracy=accuracy, latency_ms={"onnxruntime-cpu": ort_ms, "torch-cpu": torch_ms}, params=500, macs=5000))
+    study.append(TrialResult(4, plan(0.7), "k4", state=FAILED, error="boom"))
+    data = explorer_data(study)
+    panels = {d["device"]: d for d in data["devices"]}
+    assert list(panels) == ["onnxruntime-cpu", "torch-cpu"]
+    # onnxruntime-cpu: trial 3 is slower than the dense model; 2 is dominated by 0 (slower and less accurate)
+    assert [m["number"] for m in panels["onnxruntime-cpu"]["front"]] == [1, 0]
+    # torch-cpu: 1 is dominated by 0; 3 (1.9 ms) is faster than the dense model's 2.0 ms
+    assert [m["number"] for m in panels["torch-cpu"]["front"]] == [2, 0, 3]
+    assert [len(d["trials"]) for d in data["devices"]] == [4, 4]
+    assert panels["torch-cpu"]["front"][0]["speedup"] == pytest.approx(2.5)
+    assert panels["onnxruntime-cpu"]["front"][0]["export"].endswith("--device onnxruntime-cpu --max-latency-ms 0.4")
+    figure = explorer_figure_traces(data)
+    assert figure == {("trials", "onnxruntime-cpu"): 4, ("front", "onnxruntime-cpu"): 2, ("dense", "onnxruntime-cpu"): 1,
+                      ("trials", "torch-cpu"): 4, ("front", "torch-cpu"): 3, ("dense", "torch-cpu"): 1}
+
+
+def explorer_figure_traces(data):
+    from autoprune.results.explorer import explorer_figure
+
+    return {(t.meta["role"], t.meta["device"]): len(t.x) for t in explorer_figure(data).data}

@@ -15,12 +15,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from autoprune.results.report import write_report
 
-    for path in write_report(args.study, args.out):
+    for path in write_report(args.study, args.out, html=args.html):
         print(path)
-    if args.html:
-        from pathlib import Path
-
-        from autoprune.results.explorer import write_explorer
-
-        print(write_explorer(args.study, Path(args.out) / "explorer.html" if args.out else None))
     return 0

@@ -59,8 +59,9 @@ def plot_front(study: Study, device: str, path: Path) -> Path:
     return path
 
 
-def write_report(study_dir: str | Path, out_dir: Optional[str | Path] = None) -> list[Path]:
-    """Write ``front_DEVICE.png`` per device and ``report.md`` (the fronts as tables)."""
+def write_report(study_dir: str | Path, out_dir: Optional[str | Path] = None, html: bool = False) -> list[Path]:
+    """Write ``front_DEVICE.png`` per device and ``report.md`` (the fronts as tables); with
+    ``html``, also ``explorer.html``, the interactive front explorer (see :mod:`autoprune.results.explorer`)."""
     study = Study(study_dir).require()
     config = study.config()
     out = Path(out_dir) if out_dir else study.path / "report"
@@ -82,6 +83,11 @@ def write_report(study_dir: str | Path, out_dir: Optional[str | Path] = None) ->
         table = front(study, device=device).drop(columns=["device"])
         lines += [f"## {device}", "", f"![front]({png.name})", "", table.to_markdown(index=False, floatfmt=".4g") if len(table) else "(no front)", ""]
     lines += quality_section(study)
+    if html:
+        from autoprune.results.explorer import write_explorer  # plotly, only when the page is asked for
+
+        written.append(write_explorer(study, out / "explorer.html"))
+        lines += ["[The front explorer](explorer.html): the fronts side by side; click a member for its per-unit ratios and export command.", ""]
     md = out / "report.md"
     md.write_text("\n".join(lines))
     return [md, *written]
