@@ -73,6 +73,11 @@ def test_serve_on_a_busy_port_is_one_line(study):
     assert bad.returncode == 2 and bad.stderr.startswith("autoprune serve: error: --port") and "Traceback" not in bad.stderr
 
 
+def test_serve_without_a_study_is_one_line(tmp_path):
+    bad = cli("serve", tmp_path / "nothing", "--port", "0", check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not a study directory" in bad.stderr
+
+
 @pytest.fixture
 def served(study):
     """``autoprune serve STUDY --port 0`` as a real process; yields the URL it prints."""
