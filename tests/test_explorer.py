@@ -94,6 +94,29 @@ def served(study):
         server.wait(timeout=30)
 
 
+def test_serve_answers_over_http_and_stops_on_ctrl_c(study):
+    """Without a browser: the served page is the explorer, other paths are 404, Ctrl-C ends it cleanly."""
+    import signal
+    import urllib.error
+    import urllib.request
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "autoprune.cli", "serve", str(study.path), "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        url = re.search(r"http://127\.0\.0\.1:\d+/", server.stdout.readline()).group(0)
+        with urllib.request.urlopen(url, timeout=60) as answer:
+            assert answer.status == 200 and answer.headers["Content-Type"].startswith("text/html")
+            assert f'id="{FRONT_DIV}"' in answer.read().decode("utf-8")
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(url + "elsewhere", timeout=60)
+        assert missing.value.code == 404
+    finally:
+        server.send_signal(signal.SIGINT)
+        out, err = server.communicate(timeout=30)
+    assert server.returncode == 0 and "Traceback" not in err and "stopped" in out
+
+
 #: Page coordinates of the front's first point of the first panel, from plotly's own axes.
 FIRST_MEMBER_XY = f"""(() => {{
   const gd = document.getElementById("{FRONT_DIV}");
