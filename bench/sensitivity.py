@@ -95,7 +95,7 @@ def main() -> None:
             summary(table).to_markdown(index=False, floatfmt=".3f"),
             "",
         ]
-    (RESULTS / "sensitivity.md").write_text("\n".join(lines))
+        (RESULTS / "sensitivity.md").write_text("\n".join(lines))  # after each model, so a run cut short keeps what it did
     print(RESULTS / "sensitivity.md")
 
 

@@ -5,7 +5,8 @@ search's own trial function (:func:`autoprune.engine.trial.run_trial`), so it is
 timed on every device and scored exactly as a trial is. By default it is scored after
 BatchNorm recalibration only (no weight update: the raw damage of removing those
 channels); ``finetune_steps`` adds a short fine-tune (how much of the damage a few steps
-repair). Ratio 0 is the dense model itself, scored once.
+repair). Ratio 0 is the dense model itself, scored once, and so is a ratio that removes
+no channel (a small unit whose kept count rounds back up to all of them).
 """
 from __future__ import annotations
 
@@ -80,7 +81,11 @@ def sensitivity(
             rows.append({**_row(unit, ratio, dense["accuracy"], dense["params"], dense["macs"], dense["latency_ms"], dense, devices), "finetune_steps": 0})
         else:
             result = run_trial(scoring, single_unit_plan(ctx.space, unit, ratio), number=i)
-            if result.state != COMPLETE:
+            if result.state == COMPLETE and (result.params, result.macs) == (dense["params"], dense["macs"]):
+                # rounding to the rule's channel multiple kept every channel: this is the dense
+                # model, and recalibration or timing noise must not draw a step that is not there
+                rows.append({**_row(unit, ratio, dense["accuracy"], dense["params"], dense["macs"], dense["latency_ms"], dense, devices), "finetune_steps": 0})
+            elif result.state != COMPLETE:
                 log.warning("sensitivity of %s at ratio %.3g failed: %s", unit, ratio, result.error)
                 rows.append({**_row(unit, ratio, math.nan, None, None, {}, dense, devices), "finetune_steps": result.finetune_steps, "error": result.error})
             else:
