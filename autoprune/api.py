@@ -57,13 +57,14 @@ class Study(_study.Study):
         card = Exporter(self, recipe).export(ExportRequest(device, max_latency_ms, min_accuracy, min_speedup, quantize), out)
         return ExportResult.from_card(card, out)
 
-    def report(self, out_dir: Optional[str | Path] = None) -> list[Path]:
-        """Write a Pareto-front plot per device and ``report.md``; returns the files written."""
+    def report(self, out_dir: Optional[str | Path] = None, html: bool = False) -> list[Path]:
+        """Write a Pareto-front plot per device and ``report.md`` (with ``html``, the front
+        explorer page ``explorer.html`` too); returns the files written."""
         from autoprune.results.report import (
             write_report,  # matplotlib, only when a report is asked for
         )
 
-        return [Path(p) for p in write_report(self.path, out_dir)]
+        return [Path(p) for p in write_report(self.path, out_dir, html)]
 
 
 def search(config: Config | str | Path | dict[str, Any], progress: bool = False, backend: str = "local", **ray_options: Any) -> Study:

@@ -60,6 +60,12 @@ class TestUniform(ControllerTestSuite):
     stochastic = False
 
 
+class TestGlobal(ControllerTestSuite):
+    controller = "global"
+    options = {"steps": 5}
+    stochastic = False
+
+
 class TestNSGA2(ControllerTestSuite):
     controller = "nsga2"
     options = {"population_size": 6}
@@ -249,3 +255,36 @@ def test_knapsack_resumes_past_the_ladder_plans_already_evaluated(tmp_path: Path
     resumed.resume(records)
     assert resumed.ask().plan.key == first.ladder_plans[2].key
     assert [r.plan_key for r in run_toy(make(), space, 9)] == [r.plan_key for r in run_toy(make(), space, 9)]
+
+
+def test_global_ratios_from_one_threshold_on_hand_made_scores():
+    from autoprune.engine.controllers.baselines import global_ratios
+
+    scores = {"a": np.array([1.0, 1.0, 1.0, 5.0]), "b": np.array([4.0, 4.0, 4.0, 4.0])}  # normalised: a 0.5,0.5,0.5,2.5; b 1,1,1,1
+    assert global_ratios(scores, 0.0) == {"a": 0.0, "b": 0.0}
+    assert global_ratios(scores, 0.375) == {"a": 0.75, "b": 0.0}  # the 3 lowest of 8 are all in a
+    assert global_ratios(scores, 0.75) == {"a": 0.75, "b": 0.75}
+    assert global_ratios({"a": np.zeros(2), "b": np.array([1.0, 3.0])}, 0.5) == {"a": 1.0, "b": 0.0}  # a unit scoring nothing ranks lowest
+
+
+def test_global_controller_on_a_real_model_gives_valid_reproducible_plans_that_differ_per_unit(tmp_path):
+    """Through the executor's own construction, with the dense model's L1 scores: each plan is a
+    plan of the space, two controllers propose the same ladder, the overall pruning grows along
+    it, and the units' ratios differ (unlike uniform's)."""
+    from autoprune.core.config import load_config
+    from autoprune.engine.context import build_context
+    from autoprune.engine.executor import make_controller
+    from autoprune.results.study import Study
+
+    config = load_config(write_config(tmp_path, controller="global", controller_options={"steps": 5}))
+    ctx = build_context(config)
+    make = lambda: make_controller(config, ctx.space, Study(tmp_path / "study"), ctx)  # noqa: E731
+    first, again = make(), make()
+    assert first.cost_model is not None  # given for the importance though the measured latency has no cost model
+    plans = [first.ask().plan for _ in range(len(first.ladder()))]
+    assert [p.key for p in plans] == [again.ask().plan.key for _ in plans]
+    assert all(violations(p, ctx.space) == [] for p in plans)
+    channels = {u: us.unit.channels for u, us in ctx.space.items()}
+    removed = [sum(channels[u] * c.pruning_ratio for u, c in p) / sum(channels.values()) for p in plans]
+    assert removed == sorted(removed) and removed[-1] > removed[0]
+    assert any(len({c.pruning_ratio for _, c in p}) > 1 for p in plans), "every plan is uniform"

@@ -102,6 +102,6 @@ def test_without_plugins_an_unknown_name_lists_the_builtin_ones(tmp_path: Path) 
     try:
         CONTROLLERS.get("sweep")
     except UnknownNameError as err:
-        assert "unknown controller 'sweep'; known: evolution, knapsack, nsga2" in str(err)
+        assert "unknown controller 'sweep'; known: evolution, global, knapsack, nsga2" in str(err)
     else:
         raise AssertionError("a plug-in that is not installed was found")

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 from autoprune.core.errors import AutopruneError
 
 #: Modules of autoprune.cli, each adding its subcommands.
-COMMAND_MODULES = ["search", "front", "export", "report", "bench", "profile", "lut"]
+COMMAND_MODULES = ["search", "front", "export", "report", "serve", "sensitivity", "bench", "profile", "lut"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,7 +21,7 @@ from autoprune.core.records import FAILED, STOPPED, TrialResult
 from autoprune.engine.context import build_context, dense_baseline
 from autoprune.engine.controllers import CONTROLLERS, Controller, Proposal
 from autoprune.engine.controllers.base import option_names
-from autoprune.engine.cost_model import CostModelFn, cost_model_for
+from autoprune.engine.cost_model import CostModel, CostModelFn, cost_model_for
 from autoprune.engine.loop import TrialBook, run_loop
 from autoprune.engine.optuna_study import OptunaMirror, storage_url
 from autoprune.engine.stopping import (
@@ -68,10 +68,13 @@ def make_controller(
     if config.storage is not None:
         options.setdefault("storage", config.storage)
     objectives = build_objectives(config.objectives, config.devices)
+    cls = CONTROLLERS.get(config.controller)
     if cost_model is None and context is not None:
         cost_model = cost_model_for(context, objectives)
+        if cost_model is None and cls.uses_importance:
+            cost_model = CostModel(context, devices=[])  # params and MACs only: it is there for the channel importance
     try:
-        return CONTROLLERS.get(config.controller)(
+        return cls(
             space,
             objectives,
             seed=config.seed,

@@ -1,5 +1,5 @@
 """Search controllers behind one ask/tell interface, registered by name."""
-from autoprune.engine.controllers import (  # noqa: F401  (register random, uniform, evolution, knapsack, nsga2, tpe, rl)
+from autoprune.engine.controllers import (  # noqa: F401  (register random, uniform, global, evolution, knapsack, nsga2, tpe, rl)
     baselines,
     evolution,
     knapsack,

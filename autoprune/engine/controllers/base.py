@@ -36,6 +36,10 @@ class Controller(ABC):
     """
 
     name: str = ""
+    #: Whether the controller ranks channels by the dense model's importance (the cost
+    #: model's ``channel_importance``): the executor then gives it a cost model even where
+    #: no cost objective can be predicted.
+    uses_importance: bool = False
 
     def __init__(
         self,
