@@ -173,7 +173,7 @@ def test_quantization_of_a_torch_program_is_a_clear_error(tmp_path):
 
 @pytest.fixture(scope="module")
 def two_device_study(tmp_path_factory):
-    """A two-trial study on ONNX Runtime and LiteRT whose export prunes gradually in two steps."""
+    """A three-trial study on ONNX Runtime and LiteRT whose export prunes gradually in two steps."""
     _available("tflite")
     from autoprune.core.config import load_config
     from autoprune.engine.executor import run_study
@@ -182,7 +182,7 @@ def two_device_study(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("study")
     # the front holds trials measured faster than the dense model: heavily pruned plans of a model pruning speeds up
     config = write_config(
-        tmp, devices=["onnxruntime-cpu", "tflite"], task_options=PRUNABLE_TASK, search_space=str(heavy_space(tmp)), budget={"trials": 6},
+        tmp, devices=["onnxruntime-cpu", "tflite"], task_options=PRUNABLE_TASK, search_space=str(heavy_space(tmp)), budget={"trials": 3},
         export={"finetune": {"epochs": 0.5}, "iterative": gradual},
     )
     return run_study(load_config(config), progress=False)
