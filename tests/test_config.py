@@ -57,6 +57,13 @@ def test_low_above_high_shows_both_values(tmp_path):
         SearchSpace.load(path)
 
 
+def test_a_step_that_does_not_divide_the_range_is_refused(tmp_path):
+    path = write(tmp_path, "space.yaml", {"rules": [{"pruning_ratio": {"low": 0.0, "high": 0.8, "step": 0.5}}]})
+    with pytest.raises(ConfigError, match=r"space\.yaml: rules\[0\]\.pruning_ratio: .*step=0\.5 does not divide 0\.8 .*a step of 0\.4 does"):
+        SearchSpace.load(path)
+    assert SearchSpace.model_validate({"rules": [{"pruning_ratio": {"low": 0.0, "high": 0.5, "step": 0.16667}}]})  # 1/6, as written in YAML
+
+
 def test_unknown_granularity_and_key_in_space(tmp_path):
     path = write(tmp_path, "space.yaml", {"rules": [{"granularities": ["channel", "voxel"]}]})
     with pytest.raises(ConfigError, match=r"rules\[0\]\.granularities: .*unknown granularity 'voxel'"):

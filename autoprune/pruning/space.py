@@ -40,6 +40,15 @@ class RatioRange(BaseModel):
     def _ordered(self) -> "RatioRange":
         if self.low > self.high:
             raise ValueError(f"`low <= high` must hold, but got (low={self.low}, high={self.high})")
+        if self.step is not None:
+            span = self.high - self.low
+            steps = round(span / self.step)
+            if abs(steps * self.step - span) > 1e-4:  # a samplers' grid would end short of high, or shift
+                raise ValueError(
+                    f"`step` must divide `high - low` so that the grid lands on both ends, but step={self.step} does not divide "
+                    f"{span:g} (low={self.low}, high={self.high}); a step of {span / max(steps, 1):.4g} does "
+                    "(step defaults to 0.1; step: null makes the range continuous)"
+                )
         return self
 
     def grid(self) -> list[float]:
