@@ -81,8 +81,9 @@ class TuneMonitor(TrialMonitor):
     stopped Tune trial returns nothing more.
     """
 
-    def __init__(self, fractions: Sequence[float], objectives: Sequence[Objective]) -> None:
+    def __init__(self, fractions: Sequence[float], objectives: Sequence[Objective], timings: Optional[Mapping[str, float]] = None) -> None:
         super().__init__(fractions, self._report, objectives)
+        self._timings = dict(timings or {})  # the worker's own, e.g. fetching the context: a stopped trial's record keeps them
         self._result: Optional[TrialResult] = None
         self._start = time.perf_counter()
 
@@ -98,7 +99,7 @@ class TuneMonitor(TrialMonitor):
             state=STOPPED,
             accuracy=report.accuracy,
             finetune_steps=report.step,
-            timings={**self._result.timings, "total_s": total},
+            timings={**self._result.timings, **self._timings, "total_s": total},
             finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
         tune.report({RUNG: json.dumps(report.to_dict()), RECORD_IF_STOPPED: json.dumps(stopped.to_dict())})
@@ -119,7 +120,7 @@ def trainable(
     """
     torch.set_num_threads(threads)
     ctx, fetch_s = _context(context[0])
-    monitor = TuneMonitor(rungs, objectives) if rungs else None
+    monitor = TuneMonitor(rungs, objectives, {"context_s": fetch_s} if fetch_s else None) if rungs else None
     result = run_trial(ctx, Plan.from_dict(config["plan"]), int(config["number"]), monitor)
     if fetch_s:
         result.timings["context_s"] = fetch_s
