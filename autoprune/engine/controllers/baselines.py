@@ -59,12 +59,20 @@ class UniformController(Controller):
         super().__init__(*args, **kwargs)
         if steps is not None and steps < 1:
             raise ConfigError(f"controller_options.steps: must be >= 1, but got steps={steps}")
-        self._plans = uniform_plans(self.space, steps)
+        self.steps = steps
+        self._plans: Optional[list[Plan]] = None
         self._position = 0
         self._next_id = 0
 
+    def sweep(self) -> list[Plan]:
+        """The plans proposed in turn, the sweep starting over when exhausted."""
+        if self._plans is None:
+            self._plans = uniform_plans(self.space, self.steps)
+        return self._plans
+
     def ask(self) -> Proposal:
-        plan = self._plans[self._position % len(self._plans)]
+        plans = self.sweep()
+        plan = plans[self._position % len(plans)]
         self._position += 1
         self._next_id += 1
         return Proposal(self._next_id - 1, plan)
@@ -100,7 +108,7 @@ def global_ratios(scores: Mapping[str, np.ndarray], ratio: float) -> dict[str, f
 
 
 @CONTROLLERS.register("global")
-class GlobalController(Controller):
+class GlobalController(UniformController):
     """One importance threshold across the whole network at a ladder of overall ratios (the
     one-shot global baseline, as Torch-Pruning's ``global_pruning=True``).
 
@@ -117,15 +125,6 @@ class GlobalController(Controller):
 
     name = "global"
     uses_importance = True
-
-    def __init__(self, *args: Any, steps: Optional[int] = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if steps is not None and steps < 1:
-            raise ConfigError(f"controller_options.steps: must be >= 1, but got steps={steps}")
-        self.steps = steps
-        self._plans: Optional[list[Plan]] = None
-        self._position = 0
-        self._next_id = 0
 
     def importance(self) -> dict[str, np.ndarray]:
         """The dense model's per-channel scores per unit, or every channel alike without a scorer."""
@@ -152,17 +151,4 @@ class GlobalController(Controller):
             self._plans = plans
         return self._plans
 
-    def ask(self) -> Proposal:
-        plans = self.ladder()
-        plan = plans[self._position % len(plans)]
-        self._position += 1
-        self._next_id += 1
-        return Proposal(self._next_id - 1, plan)
-
-    def tell(self, proposal: Proposal, result: TrialResult) -> None:
-        self._next_id = max(self._next_id, proposal.trial_id + 1)
-
-    def resume(self, records: Sequence[TrialResult]) -> None:
-        """Go on with the ladder where this controller's own records leave it."""
-        self._position = sum(r.controller == self.name for r in records)
-        self._next_id = max([self._next_id, len(records)] + [r.trial_id + 1 for r in records if r.trial_id is not None])
+    sweep = ladder
