@@ -31,6 +31,7 @@ from autoprune.tasks.base import cross_entropy
 from autoprune.tasks.models import MODELS
 from autoprune.training.distill import distillation_loss, kd_term
 from autoprune.training.loop import finetune
+from tests.conftest import REPO
 
 X = torch.randn(1, 1, 8, 8)
 SPARSE = ["unstructured", "n:4", "n:8", "block1x4", "block4x4"]
@@ -243,6 +244,20 @@ def test_rules_bind_only_units_their_granularities_apply_to(tmp_path):
         SearchSpace.model_validate({"rules": [{"match": "*", "granularities": ["head"]}]}).resolve(units)
     with pytest.raises(ValueError, match="unknown granularity"):
         SearchSpace.model_validate({"rules": [{"granularities": ["n:0"]}]})
+
+
+def test_the_default_space_offers_blocks_where_a_model_has_them_and_channels_everywhere():
+    space = SearchSpace.load(REPO / "search_spaces" / "cnn_channel_full.yaml")
+    bound = space.resolve(search_units(make("resnet20"), X, space.protect))
+    assert bound["blocks"].rule.granularities == ["layer"]
+    assert {us.rule.granularities[0] for n, us in bound.items() if n != "blocks"} == {"channel"}
+    plain = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
+    plain(X)
+    bound = space.resolve(search_units(plain, X, space.protect))  # no residual block: the optional rule binds nothing
+    assert bound and all(us.rule.granularities == ["channel"] for us in bound.values())
+    required = SearchSpace.model_validate({"rules": [{"match": "*", "granularities": ["layer"]}, {"match": "*"}]})
+    with pytest.raises(ConfigError, match=r"rules\[0\]\.match '\*' matches no prunable unit"):
+        required.resolve(search_units(plain, X, space.protect))
 
 
 def test_cubic_schedule_reaches_the_one_shot_model():

@@ -69,6 +69,7 @@ class Rule(BaseModel):
     pruning_ratio: RatioRange = RatioRange(low=0.0, high=0.7, step=0.1)
     criteria: list[str] = Field(default_factory=lambda: ["l1"], min_length=1)
     channel_multiple: int = Field(1, ge=1, description="round kept channel counts to a multiple of this")
+    required: bool = Field(True, description="a rule that matches no unit of the model is an error; false lets a shared space offer e.g. depth units to models that have them")
 
     @property
     def patterns(self) -> list[str]:
@@ -132,11 +133,11 @@ class SearchSpace(BaseModel):
         return self._source
 
     def resolve(self, units: list[Unit]) -> dict[str, UnitSpace]:
-        """Bind to a model's units: unit name -> its choices; a rule matching nothing is an error."""
+        """Bind to a model's units: unit name -> its choices; a required rule matching nothing is an error."""
         bound: dict[str, UnitSpace] = {}
         for i, rule in enumerate(self.rules):
             hits = [u for u in units if rule.matches(u)]
-            if not hits:
+            if not hits and rule.required:
                 known = ", ".join(u.name for u in units[:12]) + (" ..." if len(units) > 12 else "")
                 raise ConfigError(f"{self.source}: rules[{i}].match {rule.match!r} matches no prunable unit; units are: {known}")
             for unit in hits:
