@@ -3,6 +3,7 @@ one epoch of fine-tuning, export. Final accuracy at measured speedup, side by si
 
     python -m bench.versus                      # the full run: hours on 2 cores
     python -m bench.versus --quick              # the development run (bench/results/versus_quick.*)
+    python -m bench.versus --retime             # time every exported model again, in one pass on a quiet machine
 
 For each model (ResNet-20, the MobileNetV2-style network; task ``fashion-mnist``):
 
@@ -401,6 +402,48 @@ def timing_columns(run: Run, timer: Timer, model, folder: Path, known: Optional[
     return out
 
 
+def export_folder(work: Path, row: pd.Series) -> Path:
+    """Where the run exported a peer's or a member's pruned model (one folder per device)."""
+    if row.source == "peer":
+        return work / row.model / "peers" / row["name"] / row.setting.split()[1]
+    return work / row.model / row["name"] / "exports" / row.setting.replace(" ", "")
+
+
+def retime(run: Run, work: Path) -> int:
+    """Time every exported model again, interleaved with its dense model, in one pass.
+
+    Latency does not depend on the seed or the fine-tune, so a run that trained over days,
+    on a busy machine, can be timed afresh in one sitting on a quiet one: every row of the
+    same network (seeds, recipes) takes the new figures. Returns the networks timed."""
+    df = run.rows.reload()
+    timed = 0
+    for model_name in df.model.dropna().unique():
+        task, _ = task_for(model_name, run.setup, work)
+        timer = Timer(task.model, task.example_input, work / model_name, run.setup.rounds)
+        mine = df.model == model_name
+        for device in DEVICES:
+            _, ms, _ = timer.speedup(timer.dense_paths[device], device)
+            df.loc[mine & (df.source == "dense"), f"latency_ms.{device}"] = ms
+        networks = df[mine & df.source.isin(["peer", "autoprune"])].drop_duplicates(["source", "name", "setting"])
+        for _, row in networks.iterrows():
+            folder = export_folder(work, row)
+            same = mine & (df.source == row.source) & (df["name"] == row["name"]) & (df.setting == row.setting)
+            for device in DEVICES:
+                path = folder / device / f"model{timer.backends[device].suffix}"
+                if not path.exists():
+                    run.log(f"{model_name} {row['name']} {row.setting}: no {path}, {device} timing kept")
+                    continue
+                speedup, ms, _ = timer.speedup(path, device)
+                df.loc[same, f"speedup.{device}"], df.loc[same, f"latency_ms.{device}"] = speedup, ms
+            timed += 1
+            run.log(f"{model_name} {row['name']} {row.setting}: " + ", ".join(f"{d} {df.loc[same, f'speedup.{d}'].iloc[0]:.2f}x" for d in DEVICES))
+    tmp = run.rows.path.with_suffix(".tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(run.rows.path)
+    run.rows.reload()
+    return timed
+
+
 def needs_seeds(run: Run, model: str, source: str, name: str, row: pd.Series) -> bool:
     """Whether a model is, on some device, the one of its kind nearest above a seeded target
     (the smallest measured speedup that still reaches it)."""
@@ -614,6 +657,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--best-recipe", action="store_true", help="also the second column: distillation and gradual pruning for everyone")
     parser.add_argument("--notes", default="", help="a markdown paragraph appended to the report (what this run left out, and why)")
     parser.add_argument("--report-only", action="store_true", help="rewrite the markdown and the table from the models CSV, running nothing")
+    parser.add_argument("--retime", action="store_true", help="time every exported model again, interleaved with the dense model, in one pass (on a quiet machine), then rewrite the report")
     parser.add_argument("--only", choices=("peers", "autoprune"), default=None, help="run only the peers (they do not depend on autoprune's defaults) or only autoprune's search and exports")
     parser.add_argument("--work", default=None, help="work folder (studies, exports, profiles, dense cache); default runs/bench-versus[-quick]")
     args = parser.parse_args(argv)
@@ -633,7 +677,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     started = time.perf_counter()
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
     run = Run(setup, args, ModelRows(RESULTS / f"{setup.stem}_models.csv"), log)
-    if args.report_only:
+    if args.report_only or args.retime:
+        if args.retime:
+            log(f"timed {retime(run, work)} networks again")
         write_report(run, machine, time.perf_counter() - started)
         return
     recipes = ["final"] + (["best"] if args.best_recipe else [])
