@@ -244,6 +244,23 @@ def test_knapsack_moves_a_unit_one_saving_step_at_a_time():
         assert grids[name].index(new) == grids[name].index(old) + 1, (name, old, new)
 
 
+def test_knapsack_walks_one_curve_over_plain_and_aligned_channel_counts():
+    """A rule offering ``channel`` and ``channel:16`` gives each unit one curve over every
+    count either leaves, most kept first, so the walk can stop on the aligned counts."""
+    from autoprune.engine.controllers.knapsack import unit_steps
+    from autoprune.pruning.granularity import granularity_multiple, kept_channels
+    from autoprune.pruning.space import Rule, UnitSpace
+    from autoprune.pruning.units import Unit
+
+    rule = Rule(match="*", granularities=["channel", "channel:16"], pruning_ratio={"low": 0.0, "high": 0.9, "step": 0.1})
+    steps = unit_steps(UnitSpace(Unit("conv", "conv", 64, ("conv",), ()), rule))
+    counts = [kept_channels(64, r, granularity_multiple(g)) for g, r, _ in steps]
+    assert steps[0][:2] == ("channel", 0.0) and counts == sorted(set(counts), reverse=True)
+    assert {16, 32, 48} <= set(counts) and 6 in counts  # aligned counts beside the plain 0.9 (64 * 0.1 = 6.4)
+    assert {g for g, _, _ in steps} == {"channel", "channel:16"}
+    assert unit_steps(UnitSpace(Unit("conv", "conv", 64, ("conv",), ()), Rule(match="*", granularities=["unstructured"]))) == []
+
+
 def test_knapsack_resumes_past_the_ladder_plans_already_evaluated(tmp_path: Path):
     from autoprune.testing.controllers import ToyCostModel
 

@@ -250,14 +250,36 @@ def test_the_default_space_offers_blocks_where_a_model_has_them_and_channels_eve
     space = SearchSpace.load(REPO / "search_spaces" / "cnn_channel_full.yaml")
     bound = space.resolve(search_units(make("resnet20"), X, space.protect))
     assert bound["blocks"].rule.granularities == ["layer"]
-    assert {us.rule.granularities[0] for n, us in bound.items() if n != "blocks"} == {"channel"}
+    assert all(us.rule.granularities == ["channel", "channel:16"] for n, us in bound.items() if n != "blocks")
     plain = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
     plain(X)
     bound = space.resolve(search_units(plain, X, space.protect))  # no residual block: the optional rule binds nothing
-    assert bound and all(us.rule.granularities == ["channel"] for us in bound.values())
+    assert bound and all(us.rule.granularities == ["channel", "channel:16"] for us in bound.values())
     required = SearchSpace.model_validate({"rules": [{"match": "*", "granularities": ["layer"]}, {"match": "*"}]})
     with pytest.raises(ConfigError, match=r"rules\[0\]\.match '\*' matches no prunable unit"):
         required.resolve(search_units(plain, X, space.protect))
+
+
+def test_aligned_channel_pruning_keeps_multiples_and_the_table_enumerates_its_counts():
+    from autoprune.latency.lut.enumeration import unit_options
+    from autoprune.pruning.granularity import granularity_multiple
+
+    model = MODELS.get("mobilenetv2")(in_channels=1, num_classes=10).eval()
+    x = torch.randn(1, 1, 28, 28)
+    units = {u.name: u for u in search_units(model, x, ("classifier",))}
+    convs = [n for n, u in units.items() if u.kind == "conv"]
+    pruned = apply_plan(model, Plan.from_dict({n: UnitChoice("channel:16", 0.8) for n in convs}), units, x)
+    widths = {n: units[n].channels for n in convs}
+    kept = {n: pruned.get_submodule(units[n].layers[0]).out_channels for n in convs}
+    assert all(k % 16 == 0 or k == widths[n] for n, k in kept.items()) and any(k < widths[n] for n, k in kept.items())
+    assert pruned(x).shape == (1, 10)
+    assert granularity_multiple("channel:16", 8) == 16 and granularity_multiple("channel:16", 3) == 48 and granularity_multiple("channel") == 1
+    with pytest.raises(AutopruneError, match="channel multiple must be at least 2"):
+        GRANULARITIES.get("channel:1")
+    space = SearchSpace.model_validate({"rules": [{"match": "*", "granularities": ["channel", "channel:16"], "pruning_ratio": {"high": 0.9}}], "protect": ["classifier"]})
+    head = space.resolve(list(units.values()))["head.0"]  # 128 channels
+    counts = {o.channels for o in unit_options(head)}
+    assert {16, 32, 48, 64, 128} <= counts and 13 in counts  # 16-multiples beside the unrounded 0.9 (128 * 0.1 = 12.8)
 
 
 def test_cubic_schedule_reaches_the_one_shot_model():

@@ -32,7 +32,7 @@ import numpy as np
 from autoprune.core.plan import Plan, UnitChoice
 from autoprune.engine.controllers.base import CONTROLLERS
 from autoprune.engine.controllers.evolution import EvolutionController, _check
-from autoprune.pruning.granularity import kept_channels
+from autoprune.pruning.granularity import GRANULARITIES, ORDER_CHANNELS, granularity_multiple, kept_channels
 from autoprune.pruning.sampling import default_choice, ratio_grid, snap_ratio
 from autoprune.pruning.space import UnitSpace
 
@@ -62,6 +62,34 @@ def unit_ratios(us: UnitSpace) -> list[float]:
         r = us.rule.pruning_ratio
         grid = [snap_ratio(us.rule, v) for v in np.linspace(r.low, r.high, CONTINUOUS_STEPS)]
     return sorted(set(grid))
+
+
+def unit_steps(us: UnitSpace) -> list[tuple[str, float, int]]:
+    """A unit's channel-removing choices as (granularity, ratio, channel multiple), most
+    channels kept first, one per kept count: a rule offering ``channel`` and ``channel:16``
+    gives one curve over every count either can leave, so the walk can stop on the counts a
+    runtime runs fast. The least pruning (the rule's default choice) comes first."""
+    first = us.rule.granularities[0]
+    by_count: dict[int, tuple[str, float, int]] = {}
+    for granularity in us.rule.granularities:
+        if granularity not in STRUCTURAL and not _removes_channels(granularity):
+            continue
+        multiple = granularity_multiple(granularity, us.rule.channel_multiple)
+        for ratio in unit_ratios(us):
+            by_count.setdefault(kept_channels(us.unit.channels, ratio, multiple), (granularity, ratio, multiple))
+    if not by_count:
+        return []
+    low = us.rule.pruning_ratio.low
+    start = (first, low, granularity_multiple(first, us.rule.channel_multiple)) if first in STRUCTURAL or _removes_channels(first) else None
+    steps = [by_count[c] for c in sorted(by_count, reverse=True)]
+    if start is not None and steps[0][1] != low:
+        steps.insert(0, start)
+    return steps
+
+
+def _removes_channels(granularity: str) -> bool:
+    g = GRANULARITIES.get(granularity)
+    return g.structural and g.order == ORDER_CHANNELS
 
 
 def unit_weight(us: UnitSpace) -> float:
@@ -101,17 +129,17 @@ def allocation_path(
     base_speedup = speedup(Plan.from_dict(base))
     options: dict[str, list[tuple[UnitChoice, float, float]]] = {}
     for name, us in space.items():
-        granularity = next((g for g in us.rule.granularities if g in STRUCTURAL), None)
-        if granularity is None:
+        steps = unit_steps(us)
+        if not steps:
             continue
         criterion = us.rule.criteria[0]
         scores = (importance or {}).get(name)
         curve = []
-        for ratio in unit_ratios(us):
+        for granularity, ratio, multiple in steps:
             choice = UnitChoice(granularity, ratio, criterion)
             alone = Plan.from_dict({**base, name: choice})
             saving = 1.0 / base_speedup - 1.0 / speedup(alone)  # latency saved, as a fraction of dense
-            curve.append((choice, importance_lost(scores, us.unit.channels, ratio, us.rule.channel_multiple, unit_weight(us)), saving))
+            curve.append((choice, importance_lost(scores, us.unit.channels, ratio, multiple, unit_weight(us)), saving))
         options[name] = curve
     position = {name: 0 for name in options}
     current = dict(base)

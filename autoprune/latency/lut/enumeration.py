@@ -28,6 +28,7 @@ from autoprune.pruning.granularity import (
     GRANULARITIES,
     ORDER_CHANNELS,
     PruneContext,
+    granularity_multiple,
     kept_channels,
 )
 from autoprune.pruning.space import UnitSpace
@@ -58,13 +59,13 @@ def unit_options(space: UnitSpace, sparse_keys: bool = True) -> list[UnitOption]
         if granularity.structural and granularity.order != ORDER_CHANNELS:
             continue  # removing whole blocks or heads removes kernels; it makes no new keys
         if granularity.structural:
+            multiple = granularity_multiple(name, rule.channel_multiple)
             if ratios is None:
-                low = kept_channels(channels, rule.pruning_ratio.high, rule.channel_multiple)
-                high = kept_channels(channels, rule.pruning_ratio.low, rule.channel_multiple)
-                step = rule.channel_multiple
-                counts = {kept_channels(channels, 1 - c / channels, step) for c in range(low, high + 1)}
+                low = kept_channels(channels, rule.pruning_ratio.high, multiple)
+                high = kept_channels(channels, rule.pruning_ratio.low, multiple)
+                counts = {kept_channels(channels, 1 - c / channels, multiple) for c in range(low, high + 1)}
             else:
-                counts = {kept_channels(channels, r, rule.channel_multiple) for r in ratios}
+                counts = {kept_channels(channels, r, multiple) for r in ratios}
             options |= {UnitOption(c) for c in counts}
         elif name != "none" and sparse_keys:
             grid = ratios if ratios is not None else _continuous_grid(rule.pruning_ratio.low, rule.pruning_ratio.high)
